@@ -1,0 +1,23 @@
+# mode_pax: every command sets up .venv first (tools/setup_env.sh; a no-op once it is ready).
+PY := .venv/bin/python
+
+.PHONY: setup data main test params
+setup:
+	@bash tools/setup_env.sh
+
+# Builds the Code, Math and English datasets and the tokenizer into data/build (or $MODE_PAX_DATA_DIR).
+data: setup
+	$(PY) -m mode_pax.data.build
+
+# The main job: the small-scale Table 1 pipeline on CPU (data, backbone, experts, compositions,
+# baselines, evaluation) -> results/table1.{md,csv}. Resumes where it stopped.
+main: setup
+	$(PY) -m mode_pax.pipeline
+
+# The test suite (CI runs exactly this).
+test: setup
+	$(PY) -m pytest -q tests
+
+# Table 1's parameter column at paper scale.
+params: setup
+	$(PY) -m mode_pax.param_count --paper_table1

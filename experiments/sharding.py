@@ -1,0 +1,82 @@
+"""Sharding-study experiments of paper Section 4.4 / Figure 4, run by the MPMD launcher.
+
+  python -m launch.mpmd_launch --exp=mode.sharding.ShardingMesh5Small --local_processes=8
+  python -m launch.mpmd_launch --exp=mode.sharding.ShardingMesh5 --tpu=v5litepod-8 --dry-run
+
+Paper scale (`ShardingMesh{1,3,5}`, ...): the 1.58B, 18-layer backbone with 4 experts of 6 layers
+in 2 blocks on 8 TPU v5e. CPU scale (`...Small`): a 6-layer, 96-wide backbone (24 heads, so every
+mesh size of the studies, 1, 2, 4, 6 and 8, divides the model-parallel dimensions), synthetic
+batches of 4 x 32 tokens. Extra class attributes: MESH_PLAN (preset name or spec, see
+`mode_pax.mpmd.plan`) and NUM_DEVICES. The studies time training speed, so they start from a
+random initialisation unless BACKBONE names a stage (or the launcher gets --init_from).
+"""
+
+from jax import numpy as jnp
+from paxml import experiment_registry
+
+from mode_pax import experiment
+
+
+class ShardingStudy(experiment.LmExperiment):
+  """Figure 4(a) at paper scale: 4 experts x 6 layers in 2 blocks; backbone frozen."""
+  METHOD = experiment.MODE
+  NUM_DOMAIN_EXPERTS = 4
+  NUM_BLOCKS = 2
+  EXPERT_LAYERS = 3
+  ICI_MESH_SHAPE = [1, 1, 8]  # praxis's model-parallel annotations; each mesh uses [1, 1, n]
+  DCN_MESH_SHAPE = None
+  BACKBONE = None
+  MESH_PLAN = 'mesh5'
+  NUM_DEVICES = 8
+  TPU_TYPE = 'v5litepod-8'
+  TRAIN_BATCH_SIZE = 16  # the paper does not give Figure 4's batch; see benchmarks/mpmd_sharding.py
+
+  def warm_start_rules(self):
+    return {} if self.BACKBONE is None else super().warm_start_rules()
+
+
+class SmallShardingScale:
+  """CPU scale of the sharding studies (8 virtual devices)."""
+  NUM_LAYERS = 6
+  MODEL_DIMS = 96
+  HIDDEN_DIMS = 384
+  NUM_HEADS = 24
+  DIMS_PER_HEAD = 4
+  VOCAB_SIZE = 768
+  FPROP_DTYPE = jnp.float32
+  TRAIN_BATCH_SIZE = 4
+  SEQUENCE_LENGTH = 32
+  TPU_TYPE = None
+
+
+def _variants():
+  """Name -> overrides for Figure 4(a), (b) and (c)."""
+  v = {'ShardingMesh1': dict(MESH_PLAN='mesh1'), 'ShardingMesh3': dict(MESH_PLAN='mesh3'),
+       'ShardingMesh5': dict(MESH_PLAN='mesh5')}
+  # (b) expert size: 2 experts in 2 blocks, k layers per expert block (4k layers added).
+  for k in (1, 2, 3, 4, 5):
+    for plan, tag in (('mesh1', 'Spmd'), ('expert_size', 'Mpmd')):
+      v[f'ShardingExpertSize{4 * k}{tag}'] = dict(
+          NUM_DOMAIN_EXPERTS=2, EXPERT_LAYERS=k, MESH_PLAN=plan)
+  # (c) merges: 4 experts x 6 layers, backbone on 4 devices, one expert per device; B blocks.
+  for blocks in (1, 2, 3, 6):
+    for plan, tag in (('mesh1', 'Spmd'), ('merges', 'Mpmd')):
+      v[f'ShardingMerges{blocks}{tag}'] = dict(
+          NUM_BLOCKS=blocks, EXPERT_LAYERS=6 // blocks, MESH_PLAN=plan)
+  return v
+
+
+def _register():
+  out = {}
+  for name, overrides in _variants().items():
+    for suffix, bases in (('', (ShardingStudy,)), ('Small', (SmallShardingScale, ShardingStudy))):
+      cls_name = name + suffix
+      doc = f'Sharding study {name} ({"CPU" if suffix else "paper"} scale): {overrides}.'
+      cls = type(cls_name, bases, dict(overrides, __module__=__name__, __qualname__=cls_name,
+                                       __doc__=doc))
+      out[cls_name] = experiment_registry.register(cls)
+  return out
+
+
+globals().update(_register())
+FIGURE_4A = ('ShardingMesh1', 'ShardingMesh3', 'ShardingMesh5')

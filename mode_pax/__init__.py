@@ -1,0 +1,1 @@
+"""MoDE on Pax/Praxis."""

@@ -1,0 +1,576 @@
+r"""Builds the MoDE datasets: `python -m mode_pax.data.build [--data_dir=DIR]` (or `make data`).
+
+Steps: fetch the pinned sources (sha256-checked) -> normalize text -> split deterministically
+(English: held-out works; Code: by package folder; Math: by template; general English: by
+address) -> drop exact duplicate documents -> train one SentencePiece vocabulary on the
+training splits -> cut documents into examples of at most `example_length - 1` tokens (room
+for EOS) at line boundaries -> drop exact duplicate examples (a copy in an evaluation split
+of anything earlier, e.g. in train, is removed) -> write TFRecord files, size-limited training
+prefixes, `build_info.json` and `DATA_CARD.md`.
+
+Every part (vocab, each dataset) is written to a staging folder and renamed into place with
+a `_COMPLETE.json` marker written last, so a half-finished build never looks complete;
+a rerun skips parts whose marker carries the same build fingerprint.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import posixpath
+import random
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import sentencepiece as spm
+import tensorflow as tf
+
+from mode_pax.data import errors
+from mode_pax.data import sources as sources_lib
+
+BUILD_FORMAT_VERSION = 1
+SPLITS = ('train', 'validation', 'test')
+DATASETS = ('english', 'sotu', 'code', 'math')
+# Which manifest domain feeds which dataset.
+DOMAIN_TO_DATASET = {'english': 'english', 'english_general': 'sotu', 'code': 'code',
+                     'math': 'math'}
+INFO_FILE = 'build_info.json'
+MARKER = '_COMPLETE.json'
+DEFAULT_CODE_SIZES = (100, 300, 1000, 3000, 10000)
+DEFAULT_MIXTURE_SIZES = (100, 300, 1000, 3000, 10000)
+
+
+def default_data_dir() -> str:
+  """$MODE_PAX_DATA_DIR, else <repo>/data/build."""
+  return os.environ.get('MODE_PAX_DATA_DIR') or str(sources_lib.REPO_ROOT / 'data' / 'build')
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+  """Everything that decides the bytes of a build."""
+  data_dir: str = dataclasses.field(default_factory=default_data_dir)
+  manifest: str = str(sources_lib.DEFAULT_MANIFEST)
+  vocab_size: int = 8192
+  example_length: int = 256  # targets length incl. EOS; examples hold <= this - 1 tokens
+  seed: int = 0
+  code_sizes: tuple[int, ...] = DEFAULT_CODE_SIZES
+  mixture_sizes: tuple[int, ...] = DEFAULT_MIXTURE_SIZES
+  spm_sample_bytes: int = 2_000_000  # per dataset, for vocabulary training
+  spm_hard_vocab_limit: bool = True
+  pip_index_url: str | None = None  # not part of the fingerprint
+  card_out: str | None = None  # extra copy of the data card (e.g. data/DATA_CARD.md)
+
+  def fingerprint(self, manifest_sha256: str) -> str:
+    keys = dict(version=BUILD_FORMAT_VERSION, manifest=manifest_sha256,
+                vocab_size=self.vocab_size, example_length=self.example_length,
+                seed=self.seed, code_sizes=list(self.code_sizes),
+                mixture_sizes=list(self.mixture_sizes), spm_sample_bytes=self.spm_sample_bytes,
+                spm_hard_vocab_limit=self.spm_hard_vocab_limit, code=_code_digest())
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _code_digest() -> str:
+  """Digest of the build code, so a changed build never reuses stale parts."""
+  digest = hashlib.sha256()
+  for module in (__file__, sources_lib.__file__):
+    with open(module, 'rb') as f:
+      digest.update(f.read())
+  return digest.hexdigest()
+
+
+def _hash(text: str) -> str:
+  return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Files (tf.io.gfile, so gs:// works like a local folder).
+
+
+def _join(*parts: str) -> str:
+  return posixpath.join(*parts) if '://' in parts[0] else os.path.join(*parts)
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(data)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  _write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + '\n').encode())
+
+
+def read_json(path: str) -> Any:
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return json.loads(f.read())
+
+
+def part_is_complete(data_dir: str, part: str, fingerprint: str | None = None) -> bool:
+  marker = _join(data_dir, part, MARKER)
+  if not tf.io.gfile.exists(marker):
+    return False
+  return fingerprint is None or read_json(marker).get('fingerprint') == fingerprint
+
+
+def _publish(staging: str, final: str, fingerprint: str, summary: dict[str, Any]) -> None:
+  """Moves a finished staging folder into place; its marker is the last file to appear."""
+  if tf.io.gfile.exists(final):
+    tf.io.gfile.rmtree(final)
+  marker = {'fingerprint': fingerprint, **summary}
+  if '://' not in final:
+    _write_json(_join(staging, MARKER), marker)
+    os.replace(staging, final)  # atomic on one local file system
+    return
+  # Object stores have no folder rename: move files one by one, marker last.
+  tf.io.gfile.makedirs(final)
+  for name in sorted(tf.io.gfile.listdir(staging)):
+    tf.io.gfile.rename(_join(staging, name), _join(final, name), overwrite=True)
+  tf.io.gfile.rmtree(staging)
+  _write_json(_join(final, MARKER), marker)
+
+
+# ---------------------------------------------------------------------------------------
+# Splitting.
+
+
+def _ordered_units(units: Sequence[str], seed: int) -> list[str]:
+  return sorted(set(units), key=lambda u: _hash(f'{seed}:{u}'))
+
+
+def assign_splits(docs: Sequence[sources_lib.Document], dataset: str, config: dict[str, Any],
+                  seed: int) -> dict[str, list[sources_lib.Document]]:
+  """Deterministic split by whole unit (work, package folder, template, address)."""
+  if dataset == 'english':
+    holdout = config['english_holdout']
+    unit_split = {u: s for s in ('validation', 'test') for u in holdout[s]}
+    missing = set(unit_split) - {d.split_unit for d in docs}
+    if missing:
+      raise errors.BadSourceTextError(
+          'english', f'held-out works {sorted(missing)} are not in the sources.',
+          'fix config.english_holdout in the manifest (data/sources.json)')
+  else:
+    # Whole units in hash order fill test, then validation, up to their share of the bytes.
+    fractions = config.get('holdout_fraction', {'validation': 0.05, 'test': 0.05})
+    unit_bytes = collections.Counter()
+    for d in docs:
+      unit_bytes[d.split_unit] += len(d.text.encode('utf-8'))
+    units = _ordered_units(list(unit_bytes), seed)
+    if len(units) < 3:
+      raise errors.BadSourceTextError(dataset, f'only {len(units)} split units; need at least '
+                                      '3 for train/validation/test.')
+    total = sum(unit_bytes.values())
+    unit_split, i = {}, 0
+    for split in ('test', 'validation'):
+      used = 0
+      while i < len(units) - 1 and (used == 0 or used < fractions[split] * total):
+        if used and used + unit_bytes[units[i]] > 2 * fractions[split] * total:
+          break  # keep a huge unit for train rather than overshoot
+        unit_split[units[i]] = split
+        used += unit_bytes[units[i]]
+        i += 1
+  out = {s: [] for s in SPLITS}
+  for d in docs:
+    out[unit_split.get(d.split_unit, 'train')].append(d)
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Vocabulary.
+
+
+def _split_at_spaces(line: str, max_chars: int) -> list[str]:
+  pieces = []
+  while len(line) > max_chars:
+    cut = line.rfind(' ', max_chars // 2, max_chars)
+    cut = max_chars if cut < 0 else cut + 1
+    pieces.append(line[:cut])
+    line = line[cut:]
+  return pieces + [line] if line else pieces
+
+
+def _spm_sentences(train_docs: dict[str, list[sources_lib.Document]], sample_bytes: int,
+                   seed: int) -> list[str]:
+  """An equal byte budget of training lines from each dataset (whole documents)."""
+  sentences = []
+  for dataset in DATASETS:
+    docs = sorted(train_docs.get(dataset, []), key=lambda d: _hash(f'{seed}:{d.doc_id}'))
+    used = 0
+    for d in docs:
+      if used >= sample_bytes:
+        break
+      for line in d.text.split('\n'):
+        if line.strip():
+          sentences.extend(_split_at_spaces(line, 1000))
+          used += len(line.encode()) + 1
+  return sentences
+
+
+def train_vocabulary(sentences: list[str], vocab_size: int, hard_limit: bool) -> bytes:
+  """A whitespace-preserving SentencePiece model (ids: pad=0, eos=1, unk=2, no bos)."""
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+      model_type='unigram', character_coverage=0.9995, byte_fallback=True,
+      normalization_rule_name='identity', remove_extra_whitespaces=False,
+      add_dummy_prefix=False, split_by_whitespace=True, allow_whitespace_only_pieces=True,
+      split_digits=True, user_defined_symbols=['\n', '\t'], pad_id=0, eos_id=1, unk_id=2,
+      bos_id=-1, num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
+      hard_vocab_limit=hard_limit, max_sentence_length=8192, minloglevel=2)
+  return model.getvalue()
+
+
+# ---------------------------------------------------------------------------------------
+# Examples.
+
+
+class Chunker:
+  """Cuts documents into examples of at most `budget` tokens, preferring line breaks."""
+
+  def __init__(self, model_proto: bytes, budget: int):
+    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.budget = budget
+
+  def count(self, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in self.sp.encode(texts)] if texts else []
+
+  def _split_long(self, text: str) -> list[str]:
+    """Splits one over-long line, at spaces where possible."""
+    pieces = []
+    while text:
+      window = text[:self.budget * 16]
+      ids = self.sp.encode(window)
+      if len(ids) <= self.budget:
+        cut = len(window)
+      else:
+        prefix = self.sp.decode(ids[:self.budget])
+        cut = len(os.path.commonprefix([prefix, window]))
+        space = text.rfind(' ', 0, cut)
+        if space > cut // 2:
+          cut = space + 1
+        cut = max(cut, 1)
+      pieces.append(text[:cut])
+      text = text[cut:]
+    return pieces
+
+  def chunk(self, text: str) -> list[str]:
+    lines = text.splitlines(keepends=True)
+    counts = self.count(lines)
+    chunks: list[str] = []
+    cur: list[tuple[str, int]] = []
+    blank_at = 0  # index in cur just after the last blank line
+    total = 0
+    for line, n in zip(lines, counts):
+      if n > self.budget:
+        if cur:
+          chunks.append(''.join(l for l, _ in cur))
+        chunks.extend(self._split_long(line))
+        cur, total, blank_at = [], 0, 0
+        continue
+      if total + n > self.budget:
+        head = sum(c for _, c in cur[:blank_at])
+        cut = blank_at if head >= self.budget // 2 else len(cur)
+        chunks.append(''.join(l for l, _ in cur[:cut]))
+        cur = cur[cut:]
+        total = sum(c for _, c in cur)
+        blank_at = 0
+      cur.append((line, n))
+      total += n
+      if not line.strip():
+        blank_at = len(cur)
+    if cur:
+      chunks.append(''.join(l for l, _ in cur))
+    # Token counts of lines need not add up exactly: re-check whole examples.
+    out = []
+    for chunk, n in zip(chunks, self.count(chunks)):
+      out.extend([chunk] if n <= self.budget else self._split_long(chunk))
+    return [c for c in out if c.strip()]
+
+
+@dataclasses.dataclass
+class Example:
+  text: str
+  doc_id: str
+  num_tokens: int = 0
+
+
+def _serialize(ex: Example) -> bytes:
+  feature = {
+      'text': tf.train.Feature(bytes_list=tf.train.BytesList(value=[ex.text.encode('utf-8')])),
+      'doc_id': tf.train.Feature(bytes_list=tf.train.BytesList(value=[ex.doc_id.encode()])),
+      'num_tokens': tf.train.Feature(int64_list=tf.train.Int64List(value=[ex.num_tokens])),
+  }
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_tfrecord(path: str, examples: Sequence[Example]) -> None:
+  with tf.io.TFRecordWriter(path) as writer:
+    for ex in examples:
+      writer.write(_serialize(ex))
+
+
+def size_variants(config: BuildConfig, n_code: int, n_math: int) -> dict[str, list[int]]:
+  """Training-prefix sizes to write per dataset, and the balanced mixture size."""
+  balanced = min(n_code, n_math)
+  halves = [m // 2 for m in config.mixture_sizes if m // 2 <= balanced]
+  return {
+      'code': sorted({n for n in config.code_sizes if n <= n_code} | set(halves) | {balanced}),
+      'math': sorted(set(halves) | {balanced}),
+      'code_variants': sorted(n for n in config.code_sizes if n <= n_code),
+      'mixture_variants': sorted(m for m in config.mixture_sizes if m // 2 <= balanced),
+      'balanced': [balanced],
+  }
+
+
+# ---------------------------------------------------------------------------------------
+# The build.
+
+
+def _stats(examples: Sequence[Example], num_docs: int) -> dict[str, int]:
+  return {'documents': num_docs, 'examples': len(examples),
+          'tokens': sum(e.num_tokens for e in examples),
+          'bytes': sum(len(e.text.encode('utf-8')) for e in examples)}
+
+
+def build(config: BuildConfig) -> dict[str, Any]:
+  """Runs the build; returns build_info (also written to <data_dir>/build_info.json)."""
+  start = time.time()
+  manifest = sources_lib.load_manifest(config.manifest)
+  fingerprint = config.fingerprint(manifest.sha256)
+  data_dir = config.data_dir
+  info_path = _join(data_dir, INFO_FILE)
+  tf.io.gfile.makedirs(data_dir)
+  if tf.io.gfile.exists(info_path) and read_json(info_path).get('fingerprint') == fingerprint:
+    logging.info('Data in %s is complete (fingerprint %s): nothing to do.', data_dir,
+                 fingerprint)
+    info = read_json(info_path)
+    info['skipped_parts'] = ['all']
+    return info
+  if tf.io.gfile.exists(info_path):
+    tf.io.gfile.remove(info_path)  # the parts are about to change
+  staging_root = _join(data_dir, '.staging')
+  if tf.io.gfile.exists(staging_root):
+    tf.io.gfile.rmtree(staging_root)
+
+  # 1. Fetch, verify, extract.
+  downloads = _join(data_dir, 'downloads')
+  manifest_dir = os.path.dirname(os.path.abspath(manifest.path))
+  docs_by_dataset: dict[str, list[sources_lib.Document]] = collections.defaultdict(list)
+  for source in manifest.sources:
+    path = sources_lib.fetch(source, downloads, manifest_dir, config.pip_index_url)
+    docs = sources_lib.extract(source, path)
+    logging.info('%s: %d documents', source.name, len(docs))
+    docs_by_dataset[DOMAIN_TO_DATASET[source.domain]].extend(docs)
+  for dataset in DATASETS:
+    if not docs_by_dataset.get(dataset):
+      raise errors.BadSourceTextError(dataset, 'no source in the manifest provides this '
+                                      'dataset.', 'add one to data/sources.json')
+
+  # 2. Split by unit; drop exact duplicate documents (train copies win).
+  splits: dict[str, dict[str, list[sources_lib.Document]]] = {}
+  removed = collections.Counter()
+  seen_docs: set[str] = set()
+  for dataset in DATASETS:
+    by_split = assign_splits(docs_by_dataset[dataset], dataset, manifest.config, config.seed)
+    for split in SPLITS:
+      kept = []
+      for d in by_split[split]:
+        h = _hash(d.text)
+        if h in seen_docs:
+          removed[f'{dataset}/{split}/documents'] += 1
+        else:
+          seen_docs.add(h)
+          kept.append(d)
+      by_split[split] = kept
+    splits[dataset] = by_split
+
+  # 3. Vocabulary.
+  skipped = []
+  vocab_dir = _join(data_dir, 'vocab')
+  if part_is_complete(data_dir, 'vocab', fingerprint):
+    skipped.append('vocab')
+    with tf.io.gfile.GFile(_join(vocab_dir, 'spm.model'), 'rb') as f:
+      model_proto = f.read()
+  else:
+    sentences = _spm_sentences({d: splits[d]['train'] for d in DATASETS},
+                               config.spm_sample_bytes, config.seed)
+    model_proto = train_vocabulary(sentences, config.vocab_size, config.spm_hard_vocab_limit)
+    staging = _join(staging_root, f'vocab.{uuid.uuid4().hex[:8]}')
+    tf.io.gfile.makedirs(staging)
+    _write_bytes(_join(staging, 'spm.model'), model_proto)
+    _publish(staging, vocab_dir, fingerprint, {'sentences': len(sentences)})
+  vocab_size = spm.SentencePieceProcessor(model_proto=model_proto).get_piece_size()
+
+  # 4. Examples, deduplicated across all datasets and splits (train first).
+  chunker = Chunker(model_proto, config.example_length - 1)
+  examples: dict[str, dict[str, list[Example]]] = {}
+  seen_examples: set[str] = set()
+  for split in SPLITS:
+    for dataset in DATASETS:
+      kept = []
+      for d in splits[dataset][split]:
+        for text in chunker.chunk(d.text):
+          h = _hash(text)
+          if h in seen_examples:
+            removed[f'{dataset}/{split}/examples'] += 1
+            continue
+          seen_examples.add(h)
+          kept.append(Example(text, d.doc_id))
+      for ex, n in zip(kept, chunker.count([e.text for e in kept])):
+        ex.num_tokens = n
+      if split == 'train':
+        random.Random(f'{config.seed}:{dataset}').shuffle(kept)
+      examples.setdefault(dataset, {})[split] = kept
+
+  # 5. Write datasets.
+  sizes = size_variants(config, len(examples['code']['train']), len(examples['math']['train']))
+  datasets_info = {}
+  for dataset in DATASETS:
+    stats = {s: _stats(examples[dataset][s], len(splits[dataset][s])) for s in SPLITS}
+    prefixes = sizes.get(dataset, []) if dataset in ('code', 'math') else []
+    files = {s: f'{dataset}/{s}.tfrecord' for s in SPLITS}
+    files.update({f'train_n{n}': f'{dataset}/train_n{n}.tfrecord' for n in prefixes})
+    datasets_info[dataset] = {'files': files, 'stats': stats,
+                              'train_prefix_sizes': prefixes}
+    if part_is_complete(data_dir, dataset, fingerprint):
+      skipped.append(dataset)
+      continue
+    staging = _join(staging_root, f'{dataset}.{uuid.uuid4().hex[:8]}')
+    tf.io.gfile.makedirs(staging)
+    for split in SPLITS:
+      _write_tfrecord(_join(staging, f'{split}.tfrecord'), examples[dataset][split])
+    for n in prefixes:
+      _write_tfrecord(_join(staging, f'train_n{n}.tfrecord'), examples[dataset]['train'][:n])
+    _publish(staging, _join(data_dir, dataset), fingerprint, {'stats': stats})
+  if tf.io.gfile.exists(staging_root):
+    tf.io.gfile.rmtree(staging_root)
+
+  info = {
+      'fingerprint': fingerprint,
+      'format_version': BUILD_FORMAT_VERSION,
+      'vocab': {'file': 'vocab/spm.model', 'size': vocab_size, 'pad_id': 0, 'eos_id': 1,
+                'unk_id': 2, 'bos_id': -1},
+      'example_length': config.example_length,
+      'seed': config.seed,
+      'datasets': datasets_info,
+      'code_sizes': sizes['code_variants'],
+      'mixture_sizes': sizes['mixture_variants'],
+      'mixture_balanced_per_domain': sizes['balanced'][0],
+      'removed_duplicates': dict(sorted(removed.items())),
+      'sources': [{'name': s.name, 'domain': s.domain, 'registry': s.registry,
+                   'package': s.package, 'version': s.version, 'filename': s.filename,
+                   'sha256': s.sha256, 'licence': s.licence,
+                   'options': s.options} for s in manifest.sources],
+      'english_holdout': manifest.config.get('english_holdout'),
+  }
+  card = data_card(info)
+  _write_bytes(_join(data_dir, 'DATA_CARD.md'), card.encode())
+  if config.card_out:
+    _write_bytes(config.card_out, card.encode())
+  _write_json(info_path, info)  # last: marks the whole build complete
+  info['skipped_parts'] = skipped
+  logging.info('Built %s in %.1f s (skipped: %s)', data_dir, time.time() - start, skipped)
+  return info
+
+
+# ---------------------------------------------------------------------------------------
+# Data card.
+
+
+def data_card(info: dict[str, Any]) -> str:
+  """Markdown data card: per dataset and split, documents/examples/tokens/bytes; sources."""
+  lines = [
+      '# MoDE data card', '',
+      'Generated by `python -m mode_pax.data.build` (`make data`); do not edit by hand.',
+      f"Build fingerprint `{info['fingerprint']}`. Vocabulary: SentencePiece unigram, "
+      f"{info['vocab']['size']} pieces (pad=0, eos=1, unk=2, no bos; identity normalization, "
+      'whitespace kept, byte fallback), trained on the training splits only. '
+      f"Examples hold at most {info['example_length'] - 1} tokens (+EOS = "
+      f"{info['example_length']}); tokens below exclude EOS.", '',
+      '| dataset | split | documents | examples | tokens | bytes |',
+      '|---|---|---:|---:|---:|---:|']
+  for dataset, d in info['datasets'].items():
+    for split in SPLITS:
+      s = d['stats'][split]
+      lines.append(f"| {dataset} | {split} | {s['documents']:,} | {s['examples']:,} | "
+                   f"{s['tokens']:,} | {s['bytes']:,} |")
+  holdout = info.get('english_holdout') or {}
+  lines += [
+      '', '## Splits', '',
+      '- english (Austen, Shakespeare, Milton): whole works held out; validation = '
+      f"{', '.join(holdout.get('validation', []))}; test = {', '.join(holdout.get('test', []))}.",
+      '- sotu (State of the Union, general English for pre-training): split by address.',
+      '- code (django, networkx, sympy; tests, migrations and locale excluded): split by '
+      'package folder, so no module is in two splits.',
+      '- math (reasoning-gym gsm_symbolic): split by template; test templates are unseen in '
+      'training.',
+      '- Exact duplicates are removed: documents first, then examples, across all datasets '
+      '(a copy in validation/test of anything in train is dropped). Removed: '
+      + (', '.join(f'{k} {v}' for k, v in info['removed_duplicates'].items()) or 'none') + '.',
+      f"- Size variants: code training prefixes n = {info['code_sizes']}; Math+Code mixture "
+      f"sizes {info['mixture_sizes']} (half from each); full mixture "
+      f"{info['mixture_balanced_per_domain']:,} examples from each domain.",
+      '', '## Sources and caps', '',
+      '| source | dataset domain | registry | version | sha256 | licence | options (caps) |',
+      '|---|---|---|---|---|---|---|']
+  for s in info['sources']:
+    opts = {k: v for k, v in s['options'].items() if k not in ('works', 'member')}
+    lines.append(f"| {s['package']} | {s['domain']} | {s['registry']} | {s['version']} | "
+                 f"`{s['sha256'][:16]}...` | {s['licence']} | `{json.dumps(opts)}` |")
+  return '\n'.join(lines) + '\n'
+
+
+# ---------------------------------------------------------------------------------------
+# Command line.
+
+def _define_flags() -> None:
+  """Command-line flags (defined only when run as a program, to avoid clashes)."""
+  global _DATA_DIR, _MANIFEST, _VOCAB_SIZE, _EXAMPLE_LENGTH, _SEED, _CODE_SIZES
+  global _MIXTURE_SIZES, _PIP_INDEX_URL, _CARD_OUT
+  _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Output folder (local or gs://); default '
+                                  '$MODE_PAX_DATA_DIR or <repo>/data/build.')
+  _MANIFEST = flags.DEFINE_string('manifest', str(sources_lib.DEFAULT_MANIFEST),
+                                  'Pinned source manifest.')
+  _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 8192, 'SentencePiece vocabulary size.')
+  _EXAMPLE_LENGTH = flags.DEFINE_integer('example_length', 256,
+                                         'Max example length in tokens, EOS included.')
+  _SEED = flags.DEFINE_integer('seed', 0, 'Split/shuffle seed.')
+  _CODE_SIZES = flags.DEFINE_list('code_sizes', [str(n) for n in DEFAULT_CODE_SIZES],
+                                  'Training-example counts for the Code size variants.')
+  _MIXTURE_SIZES = flags.DEFINE_list('mixture_sizes', [str(n) for n in DEFAULT_MIXTURE_SIZES],
+                                     'Total example counts for the Math+Code size variants.')
+  _PIP_INDEX_URL = flags.DEFINE_string('pip_index_url', None, 'PyPI index URL for pip download.')
+  _CARD_OUT = flags.DEFINE_string('card_out', None, 'Extra copy of DATA_CARD.md; default '
+                                  'data/DATA_CARD.md when building from data/sources.json.')
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  manifest = os.path.abspath(_MANIFEST.value)
+  card_out = _CARD_OUT.value
+  if card_out is None and manifest == str(sources_lib.DEFAULT_MANIFEST):
+    card_out = str(sources_lib.REPO_ROOT / 'data' / 'DATA_CARD.md')
+  config = BuildConfig(
+      data_dir=_DATA_DIR.value or default_data_dir(), manifest=manifest,
+      vocab_size=_VOCAB_SIZE.value, example_length=_EXAMPLE_LENGTH.value, seed=_SEED.value,
+      code_sizes=tuple(int(n) for n in _CODE_SIZES.value),
+      mixture_sizes=tuple(int(n) for n in _MIXTURE_SIZES.value),
+      pip_index_url=_PIP_INDEX_URL.value, card_out=card_out or None)
+  try:
+    info = build(config)
+  except errors.DataError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  print(f"Data ready in {config.data_dir}: vocab {info['vocab']['size']}, "
+        f"skipped parts {info['skipped_parts']}")
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

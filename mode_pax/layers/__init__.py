@@ -1,0 +1,1 @@
+"""Praxis layers for MoDE and its LoRA baseline."""

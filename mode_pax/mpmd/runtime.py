@@ -1,0 +1,340 @@
+"""MPMD training step (single controller, Pathways-style; also runs multi-controller).
+
+For a `MeshPlan` the step compiles one program per piece and mesh (the block programs are shared
+by all blocks: their variables have the same shapes):
+
+  home mesh (backbone's):  embed fwd/bwd, backbone fwd/bwd, merge fwd/bwd (gate + Eq. 1), head
+                           (final norm, softmax, LanguageModel loss, value_and_grad), adds
+  each expert mesh:        experts fwd/bwd (the experts placed on it), inputs
+  every mesh:              the optimizer update of the variables that live on it
+
+Forward programs return `jax.vjp`'s pullback (a pytree of residuals living on that mesh); the
+backward programs apply it, so nothing is recomputed and residuals never leave their mesh. Only
+activations cross meshes, at the merges: block input x to each expert mesh and the experts'
+outputs back (forward), their cotangents the other way (backward). All programs are dispatched
+asynchronously; expert programs are dispatched before the backbone's so that meshes overlap.
+
+Multi-controller: each process calls only the programs of meshes that hold one of its devices
+(`common.is_local`) and both ends of a move call the transport (`PermuteTransport`); arrays of
+meshes a process does not own are None there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mode_pax.mpmd import common
+from mode_pax.mpmd import model as model_lib
+from mode_pax.mpmd import plan as plan_lib
+from mode_pax.mpmd import transfer
+
+HOME = 0
+
+
+@dataclasses.dataclass
+class _Slice:
+  """Variables of one program argument: (full path, key inside the program) pairs."""
+  mesh: int
+  keys: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+class MpmdTrainer:
+  """The MPMD train step of a MoDE model under a mesh plan.
+
+  Attributes:
+    pieces: The praxis MoDE model cut into pieces.
+    plan: The validated mesh plan.
+    meshes: One jax Mesh per distinct device set of the plan (home first).
+    transport: Moves activations between meshes and counts the bytes.
+    recorder: Optional compiled-HLO accounting (benchmark).
+  """
+
+  def __init__(self, pieces: model_lib.MoDEPieces, plan: plan_lib.MeshPlan,
+               optimizer: optax.GradientTransformation, batch_specs,
+               trainable: Sequence[str] = common.MODE_TRAINABLE,
+               transport: transfer.Transport | None = None):
+    plan.validate(num_devices=len(jax.devices()), num_experts=pieces.num_experts)
+    plan.check_divisibility(pieces.sharded_dims(batch_specs))
+    self.pieces = pieces
+    self.plan = plan
+    self.optimizer = optimizer
+    self.trainable = tuple(trainable)
+    self.batch_specs = batch_specs
+    self.meshes = [common.make_mesh(ids) for ids in plan.meshes()]
+    self.local = [common.is_local(m) for m in self.meshes]
+    self.experts_on = [plan.experts_on(i) for i in range(len(self.meshes))]
+    self.expert_meshes = [i for i in range(len(self.meshes)) if self.experts_on[i]]
+    self.remote_expert_meshes = [i for i in self.expert_meshes if i != HOME]
+    self.transport = transport or transfer.DevicePutTransport()
+    self.recorder = common.Recorder()
+    self.specs = {}
+    for i, mesh in enumerate(self.meshes):
+      self.specs[i] = pieces.partition_specs(batch_specs, mesh.size)
+    b, t = batch_specs.ids.shape
+    self.act = jax.ShapeDtypeStruct((b, t, pieces.model_dims), pieces.fprop_dtype)
+    self._programs = {}
+
+  # ---- variables -------------------------------------------------------------------------------
+  def _slices(self, paths) -> dict[tuple, _Slice]:
+    """Program argument -> its variables: ('outside',), ('backbone', i), ('gate', i),
+    ('expert', i, j)."""
+    slices = {}
+    for path in sorted(paths):
+      m = model_lib._BRANCH_RE.fullmatch(path)  # pylint: disable=protected-access
+      if m is None:
+        if path.startswith(model_lib.TRANSFORMER):
+          raise ValueError(f'{path} belongs to no MoDE block branch; the MPMD runtime cannot '
+                           'place it.')
+        key, mesh, rel = ('outside',), HOME, path
+      else:
+        block, branch, expert, rel = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+        if expert is None:
+          key, mesh = (branch, block), HOME
+        else:
+          key = ('expert', block, int(expert))
+          mesh = self.plan.mesh_index_of_expert(int(expert))
+      slices.setdefault(key, _Slice(mesh)).keys.append((path, rel))
+    return slices
+
+  def init_state(self, flat_vars: dict[str, np.ndarray]) -> dict[int, dict[str, Any]]:
+    """Places host variables (e.g. a Pax checkpoint's mdl_vars) on their meshes.
+
+    Returns:
+      mesh index -> {'params': {path: array}, 'opt': optimizer state of its trainable ones};
+      meshes this process does not own are absent.
+    """
+    self._slice_map = self._slices(flat_vars)
+    self._state_shardings = {}
+    self._train_paths = {k for k in flat_vars if common.is_trainable(k, self.trainable)}
+    state = {}
+    for i, mesh in enumerate(self.meshes):
+      if not self.local[i]:
+        continue
+      paths = [p for s in self._slice_map.values() if s.mesh == i for p, _ in s.keys]
+      params = {p: common.place(flat_vars[p], mesh, self.specs[i][p]) for p in paths}
+      train = {p: v for p, v in params.items() if p in self._train_paths}
+      with mesh:
+        opt = jax.jit(self.optimizer.init)(train)
+      state[i] = {'params': params, 'opt': opt}
+      # Updates keep variables and optimizer state where they are.
+      self._state_shardings[i] = jax.tree_util.tree_map(lambda a: a.sharding, (train, opt))
+    return state
+
+  def _args(self, state, key) -> tuple[dict, dict]:
+    """(trainable, frozen) dicts of one program argument, keyed inside the program."""
+    params = state[self._slice_map[key].mesh]['params']
+    train, frozen = {}, {}
+    for path, rel in self._slice_map[key].keys:
+      (train if path in self._train_paths else frozen)[rel] = params[path]
+    return train, frozen
+
+  def _full(self, key, grads: dict) -> dict:
+    rel_to_path = {rel: path for path, rel in self._slice_map[key].keys}
+    return {rel_to_path[r]: g for r, g in grads.items()}
+
+  # ---- programs --------------------------------------------------------------------------------
+  def _replicate(self, mesh_index, tree):
+    sharding = NamedSharding(self.meshes[mesh_index], P())
+    return jax.tree_util.tree_map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
+
+  def _program(self, kind: str, mesh_index: int):
+    key = (kind, mesh_index)
+    if key not in self._programs:
+      self._programs[key] = jax.jit(getattr(self, f'_{kind}_fn')(mesh_index))
+    return self._programs[key]
+
+  def _call(self, kind: str, mesh_index: int, *args):
+    mesh = self.meshes[mesh_index]
+    with mesh:
+      return self.recorder(f'{kind}@mesh{mesh_index}', mesh.size,
+                           self._program(kind, mesh_index), *args)
+
+  def _inputs_fn(self, mesh_index):
+    del mesh_index
+    return self.pieces.inputs
+
+  def _embed_fwd_fn(self, mi):
+    def fn(train, frozen, batch):
+      x, pullback = jax.vjp(lambda tr: self.pieces.embed({**tr, **frozen}, batch), train)
+      return self._replicate(mi, x), pullback
+    return fn
+
+  def _pullback_fn(self, mi):
+    """Applies a forward program's pullback to a cotangent; replicates activation cotangents."""
+    sharding = NamedSharding(self.meshes[mi], P())
+
+    def fn(pullback, g):
+      return jax.tree_util.tree_map(
+          lambda a: jax.lax.with_sharding_constraint(a, sharding)
+          if a.shape == self.act.shape else a, pullback(g))
+    return fn
+
+  # One backward program per forward program (same function, separate compiled programs).
+  _embed_bwd_fn = _backbone_bwd_fn = _experts_bwd_fn = _merge_bwd_fn = _pullback_fn
+
+  def _backbone_fwd_fn(self, mi):
+    def fn(train, frozen, x, inputs):
+      return jax.vjp(lambda tr, x: self.pieces.backbone({**tr, **frozen}, x, *inputs), train, x)
+    return fn
+
+  def _experts_fwd_fn(self, mi):
+    def fn(trains, frozens, x, inputs):
+      def branches(trs, x):
+        return [self.pieces.expert({**tr, **fr}, x, *inputs) for tr, fr in zip(trs, frozens)]
+      ys, pullback = jax.vjp(branches, trains, x)
+      return self._replicate(mi, ys), pullback
+    return fn
+
+  def _merge_fwd_fn(self, mi):
+    def fn(train, frozen, x, backbone_out, expert_outs):
+      y, pullback = jax.vjp(lambda tr, *a: self.pieces.merge({**tr, **frozen}, *a),
+                            train, x, backbone_out, expert_outs)
+      return self._replicate(mi, y), pullback
+    return fn
+
+  def _head_fn(self, mi):
+    def fn(train, frozen, x, batch):
+      (loss, metrics), (g_train, g_x) = jax.value_and_grad(
+          lambda tr, x: self.pieces.head({**tr, **frozen}, x, batch), argnums=(0, 1),
+          has_aux=True)(train, x)
+      return loss, metrics, g_train, self._replicate(mi, g_x)
+    return fn
+
+  def _add_fn(self, mi):
+    return lambda trees: self._replicate(mi, common.tree_sum(trees))
+
+  def _add_grads_fn(self, mi):
+    del mi
+    return lambda pairs: {p: a + b for p, (a, b) in pairs.items()}
+
+  def _update_fn(self, mi):
+    def fn(train, opt, grads):
+      updates, opt = self.optimizer.update(grads, opt, train)
+      return jax.lax.with_sharding_constraint((optax.apply_updates(train, updates), opt),
+                                              self._state_shardings[mi])
+    return fn
+
+  # ---- the step --------------------------------------------------------------------------------
+  def place_batch(self, batch) -> dict[int, Any]:
+    """The host batch on every local mesh (each process reads the same batch: no transfer)."""
+    return {i: common.place_tree(batch, m) for i, m in enumerate(self.meshes) if self.local[i]}
+
+  def _move(self, x, src: int, dst: int):
+    if src == dst:
+      return x
+    return self.transport.move(x, self.meshes[src], self.meshes[dst], self.act)
+
+  def _move_list(self, xs, src, dst, n):
+    return [self._move(None if xs is None else xs[k], src, dst) for k in range(n)]
+
+  def step(self, state, batch):
+    """One training step: returns (new state, loss, metrics, grads).
+
+    loss and metrics are None in processes that do not own the home mesh; grads maps a mesh
+    index to {path: gradient} for the local meshes.
+    """
+    B, N = self.pieces.num_blocks, self.pieces.num_experts
+    home_local = self.local[HOME]
+    placed = self.place_batch(batch)
+    inputs = {i: self._call('inputs', i, placed[i]) for i in placed}
+
+    # Forward.
+    x = x_pull = None
+    if home_local:
+      x, x_pull = self._call('embed_fwd', HOME, *self._args(state, ('outside',)), placed[HOME])
+    pulls = []
+    for i in range(B):
+      x_on = {m: self._move(x, HOME, m) for m in self.remote_expert_meshes}
+      x_on[HOME] = x
+      outs, block_pulls = [None] * N, {}
+      for m in self.expert_meshes:  # experts first: they run while the backbone runs
+        if not self.local[m]:
+          continue
+        args = [self._args(state, ('expert', i, j)) for j in self.experts_on[m]]
+        ys, block_pulls[m] = self._call('experts_fwd', m, [a[0] for a in args],
+                                        [a[1] for a in args], x_on[m], inputs[m])
+        for j, y in zip(self.experts_on[m], ys):
+          outs[j] = y
+      if home_local:
+        y_bb, block_pulls['backbone'] = self._call(
+            'backbone_fwd', HOME, *self._args(state, ('backbone', i)), x, inputs[HOME])
+      for m in self.remote_expert_meshes:
+        moved = self._move_list(None if not self.local[m] else
+                                [outs[j] for j in self.experts_on[m]], m, HOME,
+                                len(self.experts_on[m]))
+        for j, y in zip(self.experts_on[m], moved):
+          outs[j] = y
+      if home_local:
+        x, block_pulls['merge'] = self._call(
+            'merge_fwd', HOME, *self._args(state, ('gate', i)), x, y_bb, outs)
+      pulls.append(block_pulls)
+
+    # Loss and backward.
+    grads = {i: {} for i in state}
+    loss = metrics = g_x = None
+    if home_local:
+      loss, metrics, g_out, g_x = self._call(
+          'head', HOME, *self._args(state, ('outside',)), x, placed[HOME])
+      grads[HOME].update(self._full(('outside',), g_out))
+    for i in reversed(range(B)):
+      block_pulls = pulls[i]
+      g_outs = [None] * N
+      if home_local:
+        g_gate, g_x_gate, g_bb, g_outs = self._call('merge_bwd', HOME, block_pulls['merge'], g_x)
+        grads[HOME].update(self._full(('gate', i), g_gate))
+      g_on = {}
+      for m in self.remote_expert_meshes:
+        g_on[m] = self._move_list(None if not home_local else
+                                  [g_outs[j] for j in self.experts_on[m]], HOME, m,
+                                  len(self.experts_on[m]))
+      if home_local and self.experts_on[HOME]:
+        g_on[HOME] = [g_outs[j] for j in self.experts_on[HOME]]
+      g_x_experts = {}
+      for m in self.expert_meshes:
+        if not self.local[m]:
+          continue
+        g_trains, g_x_experts[m] = self._call('experts_bwd', m, block_pulls[m], g_on[m])
+        for j, g in zip(self.experts_on[m], g_trains):
+          grads[m].update(self._full(('expert', i, j), g))
+      if home_local:
+        g_bb_train, g_x_bb = self._call('backbone_bwd', HOME, block_pulls['backbone'], g_bb)
+        grads[HOME].update(self._full(('backbone', i), g_bb_train))
+      parts = [] if not home_local else [g_x_gate, g_x_bb]
+      for m in self.expert_meshes:
+        moved = self._move(g_x_experts.get(m), m, HOME)
+        if home_local:
+          parts.append(moved)
+      if home_local:
+        g_x = self._call('add', HOME, parts)
+    if home_local:
+      (g_emb,) = self._call('embed_bwd', HOME, x_pull, g_x)
+      g_emb = self._full(('outside',), g_emb)
+      shared = {p: [grads[HOME][p], g] for p, g in g_emb.items() if p in grads[HOME]}
+      if shared:  # e.g. a trainable embedding shared with the softmax
+        grads[HOME].update(self._call('add_grads', HOME, shared))
+      grads[HOME].update({p: g for p, g in g_emb.items() if p not in shared})
+
+    # Optimizer updates, each on its own mesh.
+    new_state = {}
+    for m, mesh_state in state.items():
+      params = mesh_state['params']
+      train = {p: v for p, v in params.items() if p in self._train_paths}
+      new_train, opt = self._call('update', m, train, mesh_state['opt'], grads[m])
+      new_state[m] = {'params': {**params, **new_train}, 'opt': opt}
+    return new_state, loss, metrics, grads
+
+  # ---- inspection ------------------------------------------------------------------------------
+  def host_params(self, state) -> dict[str, np.ndarray]:
+    """Host copies of the fully addressable variables of the local meshes."""
+    out = {}
+    for mesh_state in state.values():
+      for path, v in mesh_state['params'].items():
+        if v.is_fully_addressable:
+          out[path] = np.asarray(v)
+    return out

@@ -1,0 +1,52 @@
+"""Where each stage of the MoDE procedure finds its inputs: the one place for locations.
+
+Every location can be overridden from the command line through an environment variable, e.g.
+`MODE_PAX_RUNS=/tmp/runs python -m paxml.main --exp=mode.small.CodeExpert ...`:
+
+  MODE_PAX_RUNS          root of the stages' job_log_dirs: the run of experiment `mode.small.X`
+                         lives in $MODE_PAX_RUNS/mode.small.X (default: runs/ in the repository).
+  MODE_PAX_BACKBONE_CKPT folder holding the backbone's checkpoint_XXXXXXXX folders; at paper scale
+                         this is the pre-trained LM (default: the backbone stage's run).
+  MODE_PAX_DATA_DIR      the built datasets (see mode_pax.data; default data/build/).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from etils import epath
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def experiment_name(experiment_cls: type) -> str:
+  """The registry name of an experiment class, e.g. 'mode.small.CodeExpert'."""
+  module = experiment_cls.__module__
+  # experiments/params.py registers as mode.params.X, which paxml also finds as mode.X.
+  if module == 'mode.params':
+    module = 'mode'
+  return f'{module}.{experiment_cls.__name__}'
+
+
+def runs_root() -> str:
+  return os.environ.get('MODE_PAX_RUNS') or str(REPO_ROOT / 'runs')
+
+
+def run_dir(experiment_cls: type) -> str:
+  """The job_log_dir of an experiment's run."""
+  return os.path.join(runs_root(), experiment_name(experiment_cls))
+
+
+def checkpoint_dir(job_log_dir: str) -> str:
+  return os.path.join(job_log_dir, 'checkpoints')
+
+
+def latest_checkpoint_step(ckpt_dir: str) -> int | None:
+  """The newest finished step in a Pax checkpoint folder, or None when there is none."""
+  path = epath.Path(ckpt_dir)
+  if not path.exists():
+    return None
+  steps = [int(p.name.split('_')[-1]) for p in path.iterdir()
+           if p.name.startswith('checkpoint_') and p.name.split('_')[-1].isdigit()]
+  return max(steps) if steps else None

@@ -1,0 +1,126 @@
+"""Reading Pax's evaluation summaries and writing the paper's tables.
+
+Accuracy is Pax's `fraction_of_correct_next_step_preds` (next-token accuracy), the paper's metric,
+read from the TensorBoard summaries that `paxml.main --mode=eval` writes for each eval input.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+
+from paxml import experiment_registry
+import tensorflow as tf
+
+from mode_pax import param_count
+from mode_pax import paths
+
+ACCURACY = 'fraction_of_correct_next_step_preds'
+DOMAINS = (('Math', 'math'), ('Code', 'code'), ('English', 'english'))
+METRICS_FILE = 'test_metrics.json'
+
+
+def lookup(name: str):
+  """A registered experiment class by name (importing its module if needed)."""
+  experiment_cls = experiment_registry.get(name)
+  if experiment_cls is None:
+    __import__(name.rsplit('.', 1)[0])
+    experiment_cls = experiment_registry.get(name)
+  if experiment_cls is None:
+    raise ValueError(f'No registered experiment {name!r}.')
+  return experiment_cls
+
+
+def read_eval_accuracy(job_log_dir: str, input_name: str) -> tuple[int, float]:
+  """(step, accuracy) of the newest eval of `input_name` in a Pax job_log_dir."""
+  pattern = os.path.join(job_log_dir, 'summaries', f'eval_test_{input_name}', 'events.*')
+  best = None
+  for event_file in glob.glob(pattern):
+    for event in tf.compat.v1.train.summary_iterator(event_file):
+      for value in event.summary.value:
+        if value.tag.split('/')[-1] == ACCURACY:
+          scalar = (value.simple_value if value.HasField('simple_value')
+                    else float(tf.make_ndarray(value.tensor)))
+          if best is None or event.step >= best[0]:
+            best = (event.step, scalar)
+  if best is None:
+    raise FileNotFoundError(f'No {ACCURACY} summary for eval input {input_name!r} under '
+                            f'{pattern}; run paxml.main --mode=eval on {job_log_dir} first.')
+  return best
+
+
+def save_test_metrics(job_log_dir: str, experiment_cls) -> dict[str, float]:
+  step = paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir))
+  metrics = {}
+  for _, key in DOMAINS:
+    eval_step, accuracy = read_eval_accuracy(job_log_dir, key)
+    metrics[key] = 100.0 * accuracy
+  metrics['average'] = sum(metrics[k] for _, k in DOMAINS) / len(DOMAINS)
+  count = param_count.count_experiment(experiment_cls)
+  record = dict(step=step, eval_step=eval_step, metrics=metrics, total_params=count.total,
+                trainable_params=count.trainable)
+  with open(os.path.join(job_log_dir, METRICS_FILE), 'w') as f:
+    json.dump(record, f, indent=1)
+  return metrics
+
+
+def load_test_metrics(job_log_dir: str) -> dict[str, float] | None:
+  """Cached test metrics, if they were computed for the run's newest checkpoint."""
+  path = os.path.join(job_log_dir, METRICS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    record = json.load(f)
+  if record['step'] != paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir)):
+    return None
+  return record['metrics']
+
+
+@dataclasses.dataclass
+class Row:
+  method: str
+  experiment: str
+  metrics: dict[str, float]
+  params: int | None = None
+
+
+def _params(row: Row) -> int:
+  if row.params is None:
+    record_path = os.path.join(paths.run_dir(lookup(row.experiment)), METRICS_FILE)
+    with open(record_path) as f:
+      row.params = json.load(f)['total_params']
+  return row.params
+
+
+def write_table1(rows: list[Row], out_dir: str, *, scale: str, wall_seconds: float) -> str:
+  """Writes results/table1_<scale>.md and .csv in the paper's Table 1 layout; returns the .md."""
+  os.makedirs(out_dir, exist_ok=True)
+  by_method = {r.method: r for r in rows}
+  cols = [label for label, _ in DOMAINS] + ['Average']
+  keys = [key for _, key in DOMAINS] + ['average']
+  lines = [f'| Method | Parameters | {" | ".join(cols)} |',
+           '|---|---:|' + '---:|' * len(cols)]
+  csv_rows = [['method', 'experiment', 'parameters'] + keys]
+  for r in rows:
+    values = ' | '.join(f'{r.metrics[k]:.2f}' for k in keys)
+    lines.append(f'| {r.method} | {_params(r) / 1e6:.3f} M | {values} |')
+    csv_rows.append([r.method, r.experiment, _params(r)] + [f'{r.metrics[k]:.4f}' for k in keys])
+  mode_row = by_method.get('MoDE 2x Experts')
+  for baseline in ('Full-parameter Fine-tuning', 'LoRA'):
+    if mode_row and baseline in by_method:
+      base = by_method[baseline]
+      deltas = ' | '.join(f'{mode_row.metrics[k] - base.metrics[k]:+.2f}' for k in keys)
+      lines.append(f'| &nbsp;&nbsp;vs. {baseline} | {(_params(mode_row) - _params(base)) / 1e6:+.3f}'
+                   f' M | {deltas} |')
+  lines.append('')
+  lines.append(f'Next-token accuracy (%) on the test splits, {scale} scale; whole run '
+               f'{wall_seconds / 60:.1f} min (stages already done were skipped).')
+  md_path = os.path.join(out_dir, f'table1_{scale}.md')
+  with open(md_path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  with open(os.path.join(out_dir, f'table1_{scale}.csv'), 'w', newline='') as f:
+    csv.writer(f).writerows(csv_rows)
+  return md_path

@@ -1,0 +1,155 @@
+"""The paper's procedure through `python -m paxml.main`, at tiny size on the fixture corpus."""
+
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from mode_pax import checkpoints
+from mode_pax import naming
+from mode_pax import paths
+from mode_pax import pipeline
+from mode_pax import results
+from mode_pax.data import build as build_lib
+from tests import test_data
+
+MODULE = 'tests.tiny_experiments'
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """Builds the fixture data and trains the Table 1 stages once (4 steps each)."""
+  data_dir = tmp_path_factory.mktemp('data')
+  build_lib.build(test_data._config(data_dir))  # pylint: disable=protected-access
+  runs_dir = tmp_path_factory.mktemp('runs')
+  saved = {k: os.environ.get(k) for k in ('MODE_PAX_DATA_DIR', 'MODE_PAX_RUNS', 'XLA_FLAGS')}
+  os.environ.update(MODE_PAX_DATA_DIR=str(data_dir), MODE_PAX_RUNS=str(runs_dir), XLA_FLAGS='')
+  for name in ('Backbone', 'CodeExpert', 'MathExpert', 'ComposeMathCode',
+               'FrozenExpertsMathCode', 'LoraMathCode'):
+    pipeline.train_stage(MODULE, name)
+  yield runs_dir
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+
+
+def _dir(name):
+  return paths.run_dir(results.lookup(f'{MODULE}.{name}'))
+
+
+def _vars(name):
+  return checkpoints.read_variables(paths.checkpoint_dir(_dir(name)))
+
+
+def _matching(variables, regex):
+  return {k: v for k, v in variables.items() if re.fullmatch(regex, k)}
+
+
+def test_every_stage_trained_to_its_last_step(runs):
+  del runs
+  for name in ('Backbone', 'CodeExpert', 'ComposeMathCode', 'LoraMathCode'):
+    assert paths.latest_checkpoint_step(paths.checkpoint_dir(_dir(name))) == 4
+
+
+def test_backbone_is_bit_identical_after_expert_training(runs):
+  del runs
+  backbone = _vars('Backbone')
+  expert = _vars('CodeExpert')
+  per_block = 1  # 2 layers in 2 blocks
+  compared = 0
+  for path, value in expert.items():
+    m = re.fullmatch(r'params/lm/transformer/blocks_(\d+)/backbone/x_layers_(\d+)/(.*)', path)
+    if m:
+      layer = int(m.group(1)) * per_block + int(m.group(2))
+      source = f'params/lm/transformer/x_layers_{layer}/{m.group(3)}'
+    elif re.fullmatch(naming.BACKBONE_OUTSIDE_LAYERS, path):
+      source = path
+    else:
+      continue
+    np.testing.assert_array_equal(value, backbone[source], err_msg=path)
+    compared += 1
+  assert compared == len(backbone)
+  # ... while the expert and its gates did train (they differ from a fresh initialisation).
+  assert _matching(expert, naming.experts(0)) and _matching(expert, naming.GATES)
+
+
+def test_composition_provenance_names_each_upstream_run(runs):
+  del runs
+  provenance = checkpoints.read_provenance(_dir('ComposeMathCode'))
+  origin = lambda regex: {v.rsplit(':', 1)[0].split('/checkpoints')[0]
+                          for k, v in provenance.items() if re.fullmatch(regex, k)}
+  assert origin(naming.BACKBONE_LAYERS) == {_dir('Backbone')}
+  assert origin(naming.BACKBONE_OUTSIDE_LAYERS) == {_dir('Backbone')}
+  assert origin(naming.experts(0)) == {_dir('MathExpert')}
+  assert origin(naming.experts(1)) == {_dir('CodeExpert')}
+  assert origin(naming.GATES) == {'random_init'}
+
+
+def test_frozen_experts_stay_their_single_domain_selves(runs):
+  del runs
+  frozen = _vars('FrozenExpertsMathCode')
+  for j, source in enumerate(('MathExpert', 'CodeExpert')):
+    trained = _vars(source)
+    experts = _matching(frozen, naming.experts(j))
+    assert experts
+    for path, value in experts.items():
+      np.testing.assert_array_equal(value, trained[path.replace(f'experts_{j}', 'experts_0')])
+  # The gates, the only trainable part, moved away from their initial values.
+  composed = _vars('ComposeMathCode')
+  assert not all(np.array_equal(frozen[k], composed[k])
+                 for k in _matching(frozen, naming.GATES))
+
+
+def test_lora_run_changes_only_lora_variables(runs):
+  del runs
+  backbone = _vars('Backbone')
+  lora_vars = _vars('LoraMathCode')
+  lora_only = [k for k in lora_vars if '/lora_' in k]
+  assert lora_only and any(np.any(lora_vars[k] != 0) for k in lora_only if k.endswith('lora_b'))
+  for path, value in lora_vars.items():
+    if '/lora_' not in path:
+      np.testing.assert_array_equal(value, backbone[path], err_msg=path)
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(runs):
+  del runs
+  ckpt_dir = paths.checkpoint_dir(_dir('MathExpert'))
+  before = checkpoints.read_variables(ckpt_dir, 2)
+  shutil.rmtree(os.path.join(ckpt_dir, 'checkpoint_00000004'))  # as if it died after step 2
+  pipeline.train_stage(MODULE, 'MathExpert')
+  assert paths.latest_checkpoint_step(ckpt_dir) == 4
+  log = open(os.path.join(_dir('MathExpert'), 'train_log.txt')).read()
+  assert re.search(r'[Rr]estor\w* .*step.* 2\b|step 2\b.*restor', log) or 'checkpoint_00000002' in log
+  np.testing.assert_array_equal(checkpoints.read_variables(ckpt_dir, 2)[
+      'params/lm/transformer/blocks_0/experts_0/x_layers_0/layer_norm/scale'],
+      before['params/lm/transformer/blocks_0/experts_0/x_layers_0/layer_norm/scale'])
+
+
+def test_evaluation_reports_next_token_accuracy_per_domain(runs):
+  del runs
+  metrics = pipeline.evaluate_stage(MODULE, 'ComposeMathCode')
+  assert set(metrics) == {'math', 'code', 'english', 'average'}
+  assert all(0.0 < v < 100.0 for v in metrics.values())
+  assert metrics['average'] == pytest.approx(
+      (metrics['math'] + metrics['code'] + metrics['english']) / 3)
+  # Cached for the same checkpoint: no second eval run.
+  assert pipeline.evaluate_stage(MODULE, 'ComposeMathCode') == metrics
+
+
+def test_missing_upstream_run_names_the_stage_to_run_first(runs, tmp_path):
+  os.environ['MODE_PAX_RUNS'] = str(tmp_path)
+  try:
+    with pytest.raises(FileNotFoundError, match=r'tests\.tiny_experiments\.Backbone.*paxml\.main'):
+      results.lookup(f'{MODULE}.CodeExpert')().task()
+  finally:
+    os.environ['MODE_PAX_RUNS'] = str(runs)
+
+
+def test_job_log_dir_of_another_experiment_is_refused(runs):
+  del runs
+  with pytest.raises(RuntimeError, match='holds a run of tests.tiny_experiments.CodeExpert'):
+    pipeline.run_paxml(f'{MODULE}.MathExpert', _dir('CodeExpert'), 'train', 'refused_log.txt')

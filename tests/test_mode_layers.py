@@ -1,0 +1,157 @@
+"""Tests of the MoDE layers: Eq. 1 and 2, equivalences with praxis's TransformerLm, sharding."""
+
+import jax
+import numpy as np
+import pytest
+from jax import numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from praxis import base_layer
+from praxis import pax_fiddle
+from praxis.layers import transformer_models
+from praxis.layers import transformers
+
+from mode_pax import naming
+from mode_pax.layers import mode
+from tests import lm_fixtures
+
+instantiate = base_layer.instantiate
+
+
+def _mode_lm_tpl(num_blocks=2, num_domain_experts=2, expert_layers=1, **overrides):
+  return mode.to_mode_lm(lm_fixtures.tiny_lm_tpl(**overrides), num_blocks=num_blocks,
+                         num_domain_experts=num_domain_experts, expert_layers=expert_layers)
+
+
+def _block_tpl(num_experts):
+  stack = pax_fiddle.Config(transformers.StackedTransformer, num_layers=2, model_dims=16,
+                            hidden_dims=32, num_heads=2, mask_self_attention=True)
+  expert = stack.clone().set(num_layers=1)
+  return pax_fiddle.Config(mode.MoDEBlock, name='block', model_dims=16,
+                           num_experts=num_experts, backbone_tpl=stack, expert_tpl=expert)
+
+
+def test_block_output_is_eq1_of_its_own_branches_and_gate():
+  block = instantiate(_block_tpl(num_experts=3))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
+  paddings = jnp.zeros((2, 5))
+  variables = lm_fixtures.init_vars(block, x, paddings)
+  y = lm_fixtures.apply(block, variables, x, paddings)
+  branches = lm_fixtures.apply(block, variables, x, paddings,
+                               method=mode.MoDEBlock.branch_outputs)
+  weights = lm_fixtures.apply(block, variables, x, method=lambda b, v: b.gate(v))
+  assert len(branches) == 4 and weights.shape == (2, 5, 4)
+  # Explicit Eq. 1 from the gate's own Linear: softmax(x W + b).
+  gate_vars = variables['params']['gate']['logits']
+  logits = np.asarray(x) @ np.asarray(gate_vars['linear']['w']) + np.asarray(
+      gate_vars['bias']['b'])
+  expected_w = np.exp(logits - logits.max(-1, keepdims=True))
+  expected_w /= expected_w.sum(-1, keepdims=True)
+  np.testing.assert_allclose(weights, expected_w, rtol=1e-5, atol=1e-6)
+  expected = sum(expected_w[..., j:j + 1] * np.asarray(branches[j]) for j in range(4))
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+  # The branches really differ, so the mixture is not trivially equal to one of them.
+  assert not np.allclose(branches[0], branches[1], atol=1e-3)
+
+
+def test_gate_weights_are_a_distribution_per_token():
+  gate = instantiate(pax_fiddle.Config(mode.MoDEGate, name='g', input_dims=16, num_outputs=5))
+  x = 10.0 * jax.random.normal(jax.random.PRNGKey(0), (3, 7, 16))
+  variables = lm_fixtures.init_vars(gate, x)
+  w = lm_fixtures.apply(gate, variables, x)
+  assert w.shape == (3, 7, 5)
+  assert np.all(np.asarray(w) >= 0)
+  np.testing.assert_allclose(np.sum(w, axis=-1), 1.0, atol=1e-6)
+
+
+def _lm_outputs(lm_tpl, variables=None):
+  lm = instantiate(lm_tpl.clone().set(name='lm'))
+  ids, paddings, labels = lm_fixtures.lm_inputs()
+  if variables is None:
+    variables = lm_fixtures.init_vars(lm, ids, paddings, labels=labels)
+  out = lm_fixtures.apply(lm, variables, ids, paddings, labels=labels)
+  return variables, out
+
+
+def _to_blocks(plain_params, num_layers, num_blocks):
+  """Renames a TransformerLm's x_layers_l to blocks_i/backbone/x_layers_k."""
+  params = dict(plain_params)
+  layers = params.pop('transformer')
+  per = num_layers // num_blocks
+  params['transformer'] = {
+      f'blocks_{i}': {'backbone': {
+          f'x_layers_{k}': layers[f'x_layers_{i * per + k}'] for k in range(per)}}
+      for i in range(num_blocks)}
+  return params
+
+
+@pytest.mark.parametrize('num_blocks', [1, 2, 4])
+def test_mode_lm_without_experts_equals_transformer_lm(num_blocks):
+  plain_vars, plain_out = _lm_outputs(lm_fixtures.tiny_lm_tpl())
+  mode_vars = {'params': _to_blocks(plain_vars['params'], 4, num_blocks)}
+  _, mode_out = _lm_outputs(_mode_lm_tpl(num_blocks, 0), mode_vars)
+  np.testing.assert_array_equal(mode_out.logits, plain_out.logits)
+  np.testing.assert_array_equal(mode_out.total_xent, plain_out.total_xent)
+
+
+def test_mode_lm_with_gate_forced_to_backbone_equals_backbone_lm():
+  backbone_vars, backbone_out = _lm_outputs(_mode_lm_tpl(2, 0))
+  mode_vars, mode_out = _lm_outputs(_mode_lm_tpl(2, 2))
+  # Experts change the output while the gate is free ...
+  assert not np.allclose(mode_out.logits, backbone_out.logits, atol=1e-3)
+  params = jax.tree_util.tree_map(np.asarray, mode_vars['params'])
+  for i in range(2):
+    block = params['transformer'][f'blocks_{i}']
+    block['backbone'] = backbone_vars['params']['transformer'][f'blocks_{i}']['backbone']
+    gate = block['gate']['logits']
+    gate['linear']['w'] = np.zeros_like(gate['linear']['w'])
+    gate['bias']['b'] = np.array([1e4, 0.0, 0.0], np.float32)
+  for k in ('softmax', 'final_ln'):
+    params[k] = backbone_vars['params'][k]
+  _, forced_out = _lm_outputs(_mode_lm_tpl(2, 2), {'params': params})
+  # ... and with all gate weight on the backbone they vanish exactly.
+  np.testing.assert_array_equal(forced_out.logits, backbone_out.logits)
+
+
+def test_variable_names_give_one_regex_per_role():
+  variables, _ = _lm_outputs(_mode_lm_tpl(2, 2, expert_layers=1))
+  paths = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(variables)[0]]
+  import re
+  roles = {
+      'backbone': naming.BACKBONE_LAYERS, 'outside': naming.BACKBONE_OUTSIDE_LAYERS,
+      'expert0': naming.experts(0), 'expert1': naming.experts(1), 'gate': naming.GATES}
+  owners = {p: [r for r, rx in roles.items() if re.fullmatch(rx, 'params/lm/' + p[7:])]
+            for p in paths}
+  assert all(len(o) == 1 for o in owners.values()), owners
+  counts = {r: sum(o == [r] for o in owners.values()) for r in roles}
+  assert counts['expert0'] == counts['expert1'] > 0
+  assert counts['gate'] == 2 * 2  # a weight and a bias in each of 2 blocks
+  assert counts['backbone'] == 2 * counts['expert0']  # 2 backbone layers vs 1 expert layer
+
+
+def test_blocks_that_do_not_divide_the_layers_are_a_clear_error():
+  with pytest.raises(ValueError, match=r'num_blocks=3 does not divide.*num_layers=4.*\[1, 2, 4\]'):
+    _lm_outputs(_mode_lm_tpl(num_blocks=3))
+
+
+def test_mode_lm_runs_sharded_under_jit_on_four_devices():
+  mesh_shape, axes = [1, 4, 1], ('replica', 'data', 'mdl')
+  sharded_tpl = _mode_lm_tpl(2, 2, ICI_MESH_SHAPE=mesh_shape)
+  lm = instantiate(sharded_tpl.clone().set(name='lm'))
+  unsharded_lm = instantiate(_mode_lm_tpl(2, 2).clone().set(name='lm'))
+  ids, paddings, labels = lm_fixtures.lm_inputs(batch=4)
+  variables = lm_fixtures.init_vars(unsharded_lm, ids, paddings, labels=labels)
+  mesh = Mesh(np.array(jax.devices()[:4]).reshape(mesh_shape), axes)
+  specs = base_layer.var_partition_specs(
+      lm.abstract_init_with_metadata(ids, paddings, labels=labels), mesh_shape, axes)
+  with mesh:
+    sharded_vars = jax.tree_util.tree_map(
+        lambda v, s: jax.device_put(v, NamedSharding(mesh, s)), variables, specs)
+    fprop = jax.jit(lambda v, i, p, l: lm_fixtures.apply(lm, v, i, p, labels=l).logits)
+    logits = fprop(sharded_vars, ids, paddings, labels)
+  # Weights of backbone, experts and gate layers really are split across the devices.
+  split = [path for path, x in jax.tree_util.tree_flatten_with_path(sharded_vars)[0]
+           if not x.sharding.is_fully_replicated]
+  assert any('backbone' in str(p) for p in split) and any('experts_1' in str(p) for p in split)
+  expected = lm_fixtures.apply(unsharded_lm, variables, ids, paddings, labels=labels).logits
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
