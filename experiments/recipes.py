@@ -127,8 +127,13 @@ def study_variants(lora_ranks, code_sizes, mixture_sizes, expert_layer_counts):
 
 
 def register_all(scale: type, module_name: str, *, lora_ranks, code_sizes, mixture_sizes,
-                 expert_layer_counts) -> dict[str, type]:
-  """Registers every recipe and study variant at one scale; returns name -> class."""
+                 expert_layer_counts, stage_overrides=None) -> dict[str, type]:
+  """Registers every recipe and study variant at one scale; returns name -> class.
+
+  stage_overrides: recipe name -> class attributes that differ at this scale for that recipe
+  (and the study variants built on it).
+  """
+  stage_overrides = stage_overrides or {}
   registered = {}
 
   def _register(name, bases, attrs, doc):
@@ -136,7 +141,8 @@ def register_all(scale: type, module_name: str, *, lora_ranks, code_sizes, mixtu
     registered[name] = experiment_registry.register(cls)
 
   for recipe in PROCEDURE:
-    _register(recipe.__name__, (scale, recipe), {}, recipe.__doc__)
+    _register(recipe.__name__, (scale, recipe), stage_overrides.get(recipe.__name__, {}),
+              recipe.__doc__)
   for name, (recipe, overrides) in study_variants(
       lora_ranks, code_sizes, mixture_sizes, expert_layer_counts).items():
     base = registered[recipe.__name__]

@@ -91,6 +91,7 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   TRAIN_DATA = data_tasks.CODE
   EVAL_DATA = (data_tasks.MATH, data_tasks.CODE, data_tasks.ENGLISH)
   EVAL_BATCH_SIZE = 32
+  EVAL_NUM_BATCHES = -1  # -1: the whole split, exactly once; N: its first N batches
 
   # Upstream stages (experiment classes) whose checkpoints this run warm-starts from.
   BACKBONE = None  # provides the backbone: a PRETRAIN experiment (class or name, see resolve_stage)
@@ -119,6 +120,8 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
     evals = [inputs.seqio_input_params(
         name, self.eval_split, batch_size=self.EVAL_BATCH_SIZE, seq_len=self.SEQUENCE_LENGTH,
         is_training=False, name=name.removeprefix('mode_')) for name in self.EVAL_DATA]
+    for p in evals:
+      p.eval_loop_num_batches = self.EVAL_NUM_BATCHES
     return [train] + evals
 
   def lm_tpl(self) -> pax_fiddle.Config:

@@ -109,28 +109,26 @@ def paper_table1_rows() -> list[tuple[str, str, float, ParamCount]]:
           for method, exp, paper_b in PAPER_TABLE1]
 
 
-_EXP = flags.DEFINE_multi_string('exp', [], 'Registered experiment(s) to count.')
-_PAPER = flags.DEFINE_bool('paper_table1', False,
-                           "Compare the paper-scale configs with Table 1's parameter column.")
-
-
 def main(argv):
   del argv
-  if _PAPER.value:
+  if flags.FLAGS.paper_table1:
     print('| Method | Experiment | Parameters (B) | Paper (B) | Difference | Trainable (M) |')
     print('|---|---|---|---|---|---|')
     for method, exp, paper_b, count in paper_table1_rows():
       ours = count.total / 1e9
       print(f'| {method} | {exp} | {ours:.3f} | {paper_b:.3f} | '
             f'{100 * (ours - paper_b) / paper_b:+.2f}% | {count.trainable / 1e6:.1f} |')
-  for name in _EXP.value:
+  for name in flags.FLAGS.exp:
     count = count_experiment(_lookup(name))
     roles = ', '.join(f'{k} {v:,}' for k, v in count.by_role.items() if v)
     print(f'{name}: total {count.total:,}, trainable {count.trainable:,} ({roles})')
-  if not (_PAPER.value or _EXP.value):
+  if not (flags.FLAGS.paper_table1 or flags.FLAGS.exp):
     print('Give --exp=NAME or --paper_table1.', file=sys.stderr)
     return 2
 
 
 if __name__ == '__main__':
+  flags.DEFINE_multi_string('exp', [], 'Registered experiment(s) to count.')
+  flags.DEFINE_bool('paper_table1', False,
+                             "Compare the paper-scale configs with Table 1's parameter column.")
   app.run(main)

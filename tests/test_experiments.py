@@ -153,3 +153,27 @@ def test_job_log_dir_of_another_experiment_is_refused(runs):
   del runs
   with pytest.raises(RuntimeError, match='holds a run of tests.tiny_experiments.CodeExpert'):
     pipeline.run_paxml(f'{MODULE}.MathExpert', _dir('CodeExpert'), 'train', 'refused_log.txt')
+
+
+def test_accuracy_on_a_users_own_text_file(runs):
+  del runs
+  from mode_pax import evaluate  # pylint: disable=g-import-not-at-top
+  text = 'def add(a, b):\n    return a + b\n\nIt is a truth universally acknowledged.\n' * 20
+  accuracy, num_tokens = evaluate.evaluate_text(f'{MODULE}.ComposeMathCode', text, batch_size=4)
+  assert 0.0 < accuracy < 1.0
+  from mode_pax.data import tasks  # pylint: disable=g-import-not-at-top
+  assert num_tokens == len(tasks.vocabulary().encode(text)) + 1  # every token and the EOS
+  # The same text under an untrained-looking model (the frozen composition) scores differently.
+  other, _ = evaluate.evaluate_text(f'{MODULE}.Backbone', text, batch_size=4)
+  assert other != accuracy
+
+
+def test_a_study_trains_evaluates_and_writes_table_and_figure(runs, tmp_path):
+  del runs
+  from mode_pax import studies  # pylint: disable=g-import-not-at-top
+  assert [n for n, _ in studies.study_runs('figure3_examples', MODULE)] == [
+      'CodeExpertN10', 'LoraCodeN10']
+  out = studies.run_study('figure3_examples', 'tiny', str(tmp_path), module=MODULE)
+  table = open(out).read()
+  assert 'CodeExpertN10' in table and 'LoraCodeN10' in table
+  assert os.path.getsize(str(tmp_path / 'figure3_examples_tiny.png')) > 1000

@@ -31,6 +31,9 @@ class TinyAdaptation(experiment.LmExperiment):
   def datasets(self):
     return []
 
+  def warm_start_rules(self):
+    return {}  # trained from its initialisation, in-process
+
 
 def _train(**overrides):
   exp = TinyAdaptation()

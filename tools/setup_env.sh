@@ -24,12 +24,16 @@ if ! "$PYTHON" -m pip download --no-deps --quiet -d "$(mktemp -d)" "pip" >/dev/n
   exit 2
 fi
 
+pip_install() {  # pip install, without the machine's notes about its absent local mirrors
+  "$VENV/bin/python" -m pip install --quiet "$@" 2> >(grep -v 'is ignored: it is neither' >&2)
+}
+
 echo "setup_env: creating $VENV with the pins of pins.txt (a few minutes, about 3.4 GB) ..." >&2
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 rm -f "$stamp"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet $(section resolved)
-"$VENV/bin/python" -m pip install --quiet --no-deps $(section no-deps)
-"$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
+pip_install --upgrade pip
+pip_install $(section resolved)
+pip_install --no-deps $(section no-deps)
+pip_install --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
 echo "setup_env: $VENV is ready." >&2

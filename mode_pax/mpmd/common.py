@@ -46,6 +46,20 @@ def place_tree(tree, mesh: Mesh):
   return jax.tree_util.tree_map(lambda v: place(v, mesh), tree)
 
 
+def init_opt_state(optimizer, host_train: dict, mesh: Mesh, specs: dict):
+  """Optimizer state initialised on the host and placed on `mesh`: leaves that belong to a
+  variable (e.g. Adam's mu and nu) are sharded like it, the rest (counts) replicated."""
+  host = jax.tree_util.tree_map(np.asarray, optimizer.init(host_train))
+
+  def leaf(path, value):
+    for key in reversed(path):
+      name = getattr(key, 'key', None)
+      if isinstance(name, str) and name in specs:
+        return place(value, mesh, specs[name])
+    return place(value, mesh)
+  return jax.tree_util.tree_map_with_path(leaf, host)
+
+
 def is_trainable(path: str, trainable: Sequence[str]) -> bool:
   """Pax's bprop_variable_inclusion: whole-path regex match; no regexes means everything."""
   return not trainable or any(re.fullmatch(r, path) for r in trainable)

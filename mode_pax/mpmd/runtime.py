@@ -119,8 +119,8 @@ class MpmdTrainer:
       paths = [p for s in self._slice_map.values() if s.mesh == i for p, _ in s.keys]
       params = {p: common.place(flat_vars[p], mesh, self.specs[i][p]) for p in paths}
       train = {p: v for p, v in params.items() if p in self._train_paths}
-      with mesh:
-        opt = jax.jit(self.optimizer.init)(train)
+      opt = common.init_opt_state(self.optimizer, {p: flat_vars[p] for p in train}, mesh,
+                                  self.specs[i])
       state[i] = {'params': params, 'opt': opt}
       # Updates keep variables and optimizer state where they are.
       self._state_shardings[i] = jax.tree_util.tree_map(lambda a: a.sharding, (train, opt))

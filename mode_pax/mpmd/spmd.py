@@ -43,8 +43,8 @@ class SpmdTrainer:
     placed = {k: common.place(v, self.mesh, self.specs[k]) for k, v in flat_vars.items()}
     train = {k: v for k, v in placed.items() if common.is_trainable(k, self.trainable)}
     frozen = {k: v for k, v in placed.items() if k not in train}
-    with self.mesh:
-      opt = jax.jit(self.optimizer.init)(train)
+    opt = common.init_opt_state(self.optimizer, {k: flat_vars[k] for k in train}, self.mesh,
+                                self.specs)
     state = {'train': train, 'frozen': frozen, 'opt': opt}
     # The step keeps every state leaf where it is (XLA would otherwise pick output shardings).
     self._shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)

@@ -1,0 +1,1 @@
+"""MPMD launcher for MoDE (see launch/mpmd_launch.py)."""
