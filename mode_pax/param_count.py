@@ -19,7 +19,6 @@ from absl import app
 from absl import flags
 import jax
 from jax import numpy as jnp
-from paxml import experiment_registry
 from praxis import base_layer
 from praxis import py_utils
 
@@ -94,18 +93,9 @@ PAPER_TABLE1 = (
 )
 
 
-def _lookup(name: str):
-  experiment_cls = experiment_registry.get(name)
-  if experiment_cls is None:
-    __import__(name.rsplit('.', 1)[0])
-    experiment_cls = experiment_registry.get(name)
-  if experiment_cls is None:
-    raise ValueError(f'No registered experiment {name!r}.')
-  return experiment_cls
-
-
 def paper_table1_rows() -> list[tuple[str, str, float, ParamCount]]:
-  return [(method, exp, paper_b, count_experiment(_lookup(exp)))
+  from mode_pax import results  # pylint: disable=g-import-not-at-top  (results imports us)
+  return [(method, exp, paper_b, count_experiment(results.lookup(exp)))
           for method, exp, paper_b in PAPER_TABLE1]
 
 
@@ -119,7 +109,8 @@ def main(argv):
       print(f'| {method} | {exp} | {ours:.3f} | {paper_b:.3f} | '
             f'{100 * (ours - paper_b) / paper_b:+.2f}% | {count.trainable / 1e6:.1f} |')
   for name in flags.FLAGS.exp:
-    count = count_experiment(_lookup(name))
+    from mode_pax import results  # pylint: disable=g-import-not-at-top
+    count = count_experiment(results.lookup(name))
     roles = ', '.join(f'{k} {v:,}' for k, v in count.by_role.items() if v)
     print(f'{name}: total {count.total:,}, trainable {count.trainable:,} ({roles})')
   if not (flags.FLAGS.paper_table1 or flags.FLAGS.exp):
