@@ -124,10 +124,6 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
       p.eval_loop_num_batches = self.EVAL_NUM_BATCHES
     return [train] + evals
 
-  def lm_tpl(self) -> pax_fiddle.Config:
-    """The TransformerLm config of this experiment's model."""
-    return self.task().model.lm_tpl
-
   def trainable_variables(self) -> Sequence[str]:
     """Regexes of the variables that train (bprop_variable_inclusion); () means all."""
     if self.METHOD in (PRETRAIN, FULL):

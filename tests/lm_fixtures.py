@@ -1,7 +1,5 @@
 """Small LM configs and helpers shared by the layer tests."""
 
-import copy
-
 import jax
 import numpy as np
 from jax import numpy as jnp
@@ -52,6 +50,3 @@ def apply(layer, variables, *args, **kwargs):
   return layer.apply(variables, *args, rngs={base_layer.RANDOM: jax.random.PRNGKey(3)},
                      **kwargs)
 
-
-def deepcopy_vars(variables):
-  return jax.tree_util.tree_map(lambda x: x, copy.deepcopy(variables))
