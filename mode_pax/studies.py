@@ -47,8 +47,7 @@ def study_runs(study: str, module: str) -> list[tuple[str, tuple[str, ...]]]:
   runs = []
   for name in names:
     m = re.fullmatch(STUDIES[study], name)
-    if m and not (study == 'figure3_params' and m.group(1) == 'LoraCodeRank'
-                  and not re.fullmatch(r'LoraCodeRank\d+', name)):
+    if m:
       runs.append((name, m.groups()))
   key = lambda r: tuple(int(g) if g and g.isdigit() else (g or '') for g in r[1])
   return sorted(runs, key=key)
