@@ -48,11 +48,11 @@ def _log(msg: str) -> None:
 
 def ensure_data() -> None:
   """Builds the datasets when no finished build is there (the build skips finished parts)."""
-  from mode_pax.data import tasks  # pylint: disable=g-import-not-at-top
+  from mode_pax.data import errors, tasks  # pylint: disable=g-import-not-at-top
   try:
     tasks.build_info()
     return
-  except Exception:  # pylint: disable=broad-except
+  except errors.DataNotBuiltError:
     pass
   _log('data: not built yet; building (python -m mode_pax.data.build) ...')
   subprocess.run([sys.executable, '-m', 'mode_pax.data.build'], check=True)
