@@ -10,9 +10,10 @@ data: setup
 	$(PY) -m mode_pax.data.build
 
 # The main job: the small-scale Table 1 pipeline on CPU (data, backbone, experts, compositions,
-# baselines, evaluation) -> results/table1.{md,csv}. Resumes where it stopped.
+# baselines, evaluation) -> results/table1_small.{md,csv}. Resumes where it stopped.
+# Extra flags through ARGS, e.g. `make main ARGS=--jobs=1`.
 main: setup
-	$(PY) -m mode_pax.pipeline
+	$(PY) -m mode_pax.pipeline $(ARGS)
 
 # The test suite (CI runs exactly this).
 test: setup

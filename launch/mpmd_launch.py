@@ -214,7 +214,7 @@ def run(args) -> int:
   flags.FLAGS.mark_as_parsed()
   from mode_pax import naming  # pylint: disable=g-import-not-at-top
   from mode_pax.mpmd import build  # pylint: disable=g-import-not-at-top
-  from mode_pax.mpmd import checkpoint  # pylint: disable=g-import-not-at-top
+  from mode_pax import checkpoints  # pylint: disable=g-import-not-at-top
   from mode_pax.mpmd import model as model_lib  # pylint: disable=g-import-not-at-top
   from mode_pax.mpmd import transfer  # pylint: disable=g-import-not-at-top
 
@@ -230,7 +230,7 @@ def run(args) -> int:
   if args.init_from:
     rules = ((r'(.*)', '{}'),) if args.init_rules == 'same' else (
         naming.backbone_from_transformer_lm(exp.NUM_LAYERS, exp.NUM_BLOCKS))
-    flat, _ = checkpoint.load_into(flat, args.init_from, load_rules=rules)
+    flat, _ = checkpoints.load_into(flat, args.init_from, load_rules=rules)
   state = trainer.init_state(flat)
   me = jax.process_index()
   print(f'process {me}/{jax.process_count()}: devices {[d.id for d in jax.local_devices()]}\n'

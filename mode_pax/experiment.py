@@ -89,6 +89,7 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
 
   # Data: seqio task names from mode_pax.data.tasks.
   TRAIN_DATA = data_tasks.CODE
+  TRAIN_DATA_SEED = 1234  # fixed shuffle order: a rerun reproduces a run (None: new each run)
   EVAL_DATA = (data_tasks.MATH, data_tasks.CODE, data_tasks.ENGLISH)
   EVAL_BATCH_SIZE = 32
   EVAL_NUM_BATCHES = -1  # -1: the whole split, exactly once; N: its first N batches
@@ -116,7 +117,8 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
           f'data with --vocab_size={self.VOCAB_SIZE} or raise VOCAB_SIZE.')
     train = inputs.seqio_input_params(
         self.TRAIN_DATA, 'train', batch_size=self.TRAIN_BATCH_SIZE,
-        seq_len=self.SEQUENCE_LENGTH, is_training=True, name='train')
+        seq_len=self.SEQUENCE_LENGTH, is_training=True, name='train',
+        input_random_seed=self.TRAIN_DATA_SEED)
     evals = [inputs.seqio_input_params(
         name, self.eval_split, batch_size=self.EVAL_BATCH_SIZE, seq_len=self.SEQUENCE_LENGTH,
         is_training=False, name=name.removeprefix('mode_')) for name in self.EVAL_DATA]

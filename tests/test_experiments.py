@@ -13,6 +13,7 @@ from mode_pax import paths
 from mode_pax import pipeline
 from mode_pax import results
 from mode_pax.data import build as build_lib
+from mode_pax.data import tasks
 from tests import test_data
 
 MODULE = 'tests.tiny_experiments'
@@ -26,9 +27,9 @@ def runs(tmp_path_factory):
   runs_dir = tmp_path_factory.mktemp('runs')
   saved = {k: os.environ.get(k) for k in ('MODE_PAX_DATA_DIR', 'MODE_PAX_RUNS', 'XLA_FLAGS')}
   os.environ.update(MODE_PAX_DATA_DIR=str(data_dir), MODE_PAX_RUNS=str(runs_dir), XLA_FLAGS='')
-  for name in ('Backbone', 'CodeExpert', 'MathExpert', 'ComposeMathCode',
-               'FrozenExpertsMathCode', 'LoraMathCode'):
-    pipeline.train_stage(MODULE, name)
+  # Upstream runs (Backbone, the experts) come in through the stages' BACKBONE and EXPERTS.
+  pipeline.run_stages(MODULE, ['ComposeMathCode', 'FrozenExpertsMathCode', 'LoraMathCode'],
+                      jobs=2)
   yield runs_dir
   for k, v in saved.items():
     if v is None:
@@ -115,6 +116,17 @@ def test_lora_run_changes_only_lora_variables(runs):
       np.testing.assert_array_equal(value, backbone[path], err_msg=path)
 
 
+def test_a_rerun_reproduces_the_run_bit_for_bit(runs, tmp_path, monkeypatch):
+  """Same experiment, fresh job_log_dir: the seeded data order and init give the same weights."""
+  first = _vars('Backbone')
+  monkeypatch.setenv('MODE_PAX_RUNS', str(tmp_path))
+  pipeline.train_stage(MODULE, 'Backbone')
+  again = _vars('Backbone')
+  assert _dir('Backbone').startswith(str(tmp_path)) and again.keys() == first.keys()
+  for path, value in first.items():
+    np.testing.assert_array_equal(again[path], value, err_msg=path)
+
+
 def test_interrupted_run_resumes_from_its_last_checkpoint(runs):
   del runs
   ckpt_dir = paths.checkpoint_dir(_dir('MathExpert'))
@@ -171,9 +183,14 @@ def test_accuracy_on_a_users_own_text_file(runs):
 def test_a_study_trains_evaluates_and_writes_table_and_figure(runs, tmp_path):
   del runs
   from mode_pax import studies  # pylint: disable=g-import-not-at-top
-  assert [n for n, _ in studies.study_runs('figure3_examples', MODULE)] == [
-      'CodeExpertN10', 'LoraCodeN10']
-  out = studies.run_study('figure3_examples', 'tiny', str(tmp_path), module=MODULE)
+  assert studies.study_runs('figure3_examples', MODULE) == [
+      'CodeExpert', 'CodeExpertN10', 'LoraCode', 'LoraCodeN10']
+  out = studies.run_study('figure3_examples', 'tiny', str(tmp_path), module=MODULE, jobs=2)
   table = open(out).read()
-  assert 'CodeExpertN10' in table and 'LoraCodeN10' in table
+  # x = training examples: 10 for the N10 runs, the whole Code train split for the others.
+  whole = tasks.num_train_examples(tasks.CODE)
+  assert whole > 10
+  for name, x in (('CodeExpertN10', 10), ('LoraCodeN10', 10), ('CodeExpert', whole),
+                  ('LoraCode', whole)):
+    assert re.search(rf'\| {name} \| (MoDE|LoRA) \| {x:,} \|', table), (name, table)
   assert os.path.getsize(str(tmp_path / 'figure3_examples_tiny.png')) > 1000

@@ -4,9 +4,9 @@ import numpy as np
 import optax
 import pytest
 
+from mode_pax import checkpoints
 from mode_pax import naming
 from mode_pax.mpmd import build
-from mode_pax.mpmd import checkpoint
 from mode_pax.mpmd import model as model_lib
 from mode_pax.mpmd import transfer
 from mode_pax.mpmd import testing
@@ -131,13 +131,13 @@ def test_starts_from_a_pax_checkpoint(tmp_path, init_vars):
       plain[f'params/lm/transformer/x_layers_{block * 2 + layer}/{rest}'] = value + 1.0
     elif '/transformer/' not in path:
       plain[path] = value + 1.0
-  checkpoint.write_mdl_vars(str(tmp_path / 'checkpoint_00000005' / 'state'), plain)
-  loaded, provenance = checkpoint.load_into(
+  checkpoints.write_variables(str(tmp_path / 'checkpoint_00000005' / 'state'), plain)
+  loaded, provenance = checkpoints.load_into(
       init_vars, str(tmp_path), load_rules=naming.backbone_from_transformer_lm(4, 2))
   for path, value in init_vars.items():
     if '/backbone/' in path or '/transformer/' not in path:
       np.testing.assert_array_equal(loaded[path], value + 1.0)
-      assert provenance[path].endswith('checkpoint_00000005/state')
+      assert provenance[path].endswith('checkpoint_00000005')
     else:
       np.testing.assert_array_equal(loaded[path], value)
       assert provenance[path] == 'random_init'

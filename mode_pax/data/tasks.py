@@ -145,6 +145,12 @@ def _num_examples(info: dict[str, Any], key: str) -> int:
   return info['datasets'][dataset]['stats'][split]['examples']
 
 
+def num_train_examples(task_name: str, data_dir: str | None = None) -> int:
+  """Training examples (documents, before cutting to length) of a registered task's build."""
+  info = build_info(resolve_data_dir(data_dir))
+  return sum(_num_examples(info, k) for k in task_specs(info)[task_name]['train'])
+
+
 def register_tasks(data_dir: str | None = None) -> list[str]:
   """Registers all MoDE tasks for the build in data_dir (idempotent); returns their names."""
   data_dir = resolve_data_dir(data_dir)
