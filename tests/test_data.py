@@ -11,6 +11,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 import tensorflow as tf
 from praxis import base_hyperparams
 
@@ -152,6 +153,42 @@ def test_tokenizer_round_trips_whitespace_code_and_math(built, text):
   assert vocab.decode_tf(tf_ids).numpy().decode() == text
   assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)
   assert vocab.vocab_size == tasks.vocab_size(built[0])
+
+
+def _plm_tokenizer(path, eos_id):
+  """A SentencePiece model numbered like many PLMs' (unk=0, bos=1, eos=2, no pad), not like ours."""
+  lines = [l for text in (CODE_SNIPPET, MATH_SNIPPET) for l in text.split('\n') if l.strip()]
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines * 20), model_prefix=str(path.with_suffix('')),
+      vocab_size=400, hard_vocab_limit=False, byte_fallback=True, unk_id=0, bos_id=1,
+      eos_id=eos_id, pad_id=-1, minloglevel=2)
+  return path
+
+
+def test_a_given_tokenizer_is_used_instead_of_training_one(tmp_path):
+  model = _plm_tokenizer(tmp_path / 'plm.model', eos_id=2)
+  data_dir = tmp_path / 'data'
+  info = build_lib.build(_config(data_dir, spm_model=str(model)))
+  assert (data_dir / 'vocab' / 'spm.model').read_bytes() == model.read_bytes()
+  assert info['vocab']['eos_id'] == 2 and info['vocab']['given'] == str(model)
+  vocab = tasks.vocabulary(str(data_dir))
+  assert vocab.eos_id == 2 and vocab.vocab_size == info['vocab']['size']
+  # Examples were cut to length with the given model's token counts.
+  records = _records(str(data_dir / 'code' / 'train.tfrecord'))
+  assert records and all(r['num_tokens'] == len(vocab.encode(r['text'])) for r in records)
+  assert all(r['num_tokens'] <= SEQ_LEN - 1 for r in records)
+  assert f'given SentencePiece model `{model}`' in (data_dir / 'DATA_CARD.md').read_text()
+
+
+def test_a_bad_given_tokenizer_is_refused_before_anything_is_written(tmp_path):
+  (tmp_path / 'not_spm.model').write_text('hello')
+  no_eos = _plm_tokenizer(tmp_path / 'no_eos.model', eos_id=-1)
+  for path, message in ((tmp_path / 'missing.model', 'file does not exist'),
+                        (tmp_path / 'not_spm.model', 'is not a SentencePiece model'),
+                        (no_eos, 'no EOS piece')):
+    with pytest.raises(errors.DataError, match=rf'{path}.*{message}'):
+      build_lib.build(_config(tmp_path / 'out', spm_model=str(path)))
+    assert not (tmp_path / 'out' / 'vocab').exists()
 
 
 def test_register_tasks_is_idempotent_and_names_are_complete(built):

@@ -65,6 +65,9 @@ class BuildConfig:
   mixture_sizes: tuple[int, ...] = DEFAULT_MIXTURE_SIZES
   spm_sample_bytes: int = 2_000_000  # per dataset, for vocabulary training
   spm_hard_vocab_limit: bool = True
+  # An existing SentencePiece model (e.g. the paper-scale backbone's own) used instead of
+  # training one; vocab_size and the spm_* settings are then unused.
+  spm_model: str | None = None
   pip_index_url: str | None = None  # not part of the fingerprint
   card_out: str | None = None  # extra copy of the data card (e.g. data/DATA_CARD.md)
 
@@ -73,7 +76,8 @@ class BuildConfig:
                 vocab_size=self.vocab_size, example_length=self.example_length,
                 seed=self.seed, code_sizes=list(self.code_sizes),
                 mixture_sizes=list(self.mixture_sizes), spm_sample_bytes=self.spm_sample_bytes,
-                spm_hard_vocab_limit=self.spm_hard_vocab_limit, code=_code_digest())
+                spm_hard_vocab_limit=self.spm_hard_vocab_limit, code=_code_digest(),
+                spm_model=_file_sha256(self.spm_model) if self.spm_model else None)
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -212,6 +216,32 @@ def _spm_sentences(train_docs: dict[str, list[sources_lib.Document]], sample_byt
   return sentences
 
 
+def _file_sha256(path: str) -> str:
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def load_vocabulary(path: str) -> bytes:
+  """A given SentencePiece model, checked to load and to have the EOS seqio appends.
+
+  seqio pads with id 0 whatever piece that is; Pax masks padding out of the loss and metrics.
+  """
+  fix = 'pass --spm_model the .model file of a SentencePiece tokenizer, or leave it unset'
+  if not tf.io.gfile.exists(path):
+    raise errors.DataError(path, 'The --spm_model file does not exist.', fix)
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    model_proto = f.read()
+  try:
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+  except RuntimeError as e:
+    raise errors.DataError(path, f'The --spm_model file is not a SentencePiece model ({e}).',
+                           fix) from e
+  if sp.eos_id() < 0:
+    raise errors.DataError(path, 'The --spm_model tokenizer has no EOS piece; seqio appends EOS '
+                           'to every example.', 'use a model trained with eos_id >= 0')
+  return model_proto
+
+
 def train_vocabulary(sentences: list[str], vocab_size: int, hard_limit: bool) -> bytes:
   """A whitespace-preserving SentencePiece model (ids: pad=0, eos=1, unk=2, no bos)."""
   model = io.BytesIO()
@@ -341,6 +371,8 @@ def _stats(examples: Sequence[Example], num_docs: int) -> dict[str, int]:
 def build(config: BuildConfig) -> dict[str, Any]:
   """Runs the build; returns build_info (also written to <data_dir>/build_info.json)."""
   start = time.time()
+  # A given tokenizer is checked before anything is fetched or written.
+  given_vocab = load_vocabulary(config.spm_model) if config.spm_model else None
   manifest = sources_lib.load_manifest(config.manifest)
   fingerprint = config.fingerprint(manifest.sha256)
   data_dir = config.data_dir
@@ -398,14 +430,19 @@ def build(config: BuildConfig) -> dict[str, Any]:
     with tf.io.gfile.GFile(_join(vocab_dir, 'spm.model'), 'rb') as f:
       model_proto = f.read()
   else:
-    sentences = _spm_sentences({d: splits[d]['train'] for d in DATASETS},
-                               config.spm_sample_bytes, config.seed)
-    model_proto = train_vocabulary(sentences, config.vocab_size, config.spm_hard_vocab_limit)
+    if given_vocab:
+      model_proto, made = given_vocab, {'given': config.spm_model}
+    else:
+      sentences = _spm_sentences({d: splits[d]['train'] for d in DATASETS},
+                                 config.spm_sample_bytes, config.seed)
+      model_proto = train_vocabulary(sentences, config.vocab_size, config.spm_hard_vocab_limit)
+      made = {'sentences': len(sentences)}
     staging = _join(staging_root, f'vocab.{uuid.uuid4().hex[:8]}')
     tf.io.gfile.makedirs(staging)
     _write_bytes(_join(staging, 'spm.model'), model_proto)
-    _publish(staging, vocab_dir, fingerprint, {'sentences': len(sentences)})
-  vocab_size = spm.SentencePieceProcessor(model_proto=model_proto).get_piece_size()
+    _publish(staging, vocab_dir, fingerprint, made)
+  sp = spm.SentencePieceProcessor(model_proto=model_proto)
+  vocab_size = sp.get_piece_size()
 
   # 4. Examples, deduplicated across all datasets and splits (train first).
   chunker = Chunker(model_proto, config.example_length - 1)
@@ -454,8 +491,9 @@ def build(config: BuildConfig) -> dict[str, Any]:
   info = {
       'fingerprint': fingerprint,
       'format_version': BUILD_FORMAT_VERSION,
-      'vocab': {'file': 'vocab/spm.model', 'size': vocab_size, 'pad_id': 0, 'eos_id': 1,
-                'unk_id': 2, 'bos_id': -1},
+      'vocab': {'file': 'vocab/spm.model', 'size': vocab_size, 'pad_id': 0,
+                'eos_id': sp.eos_id(), 'unk_id': sp.unk_id(), 'bos_id': sp.bos_id(),
+                **({'given': config.spm_model} if config.spm_model else {})},
       'example_length': config.example_length,
       'seed': config.seed,
       'datasets': datasets_info,
@@ -483,15 +521,22 @@ def build(config: BuildConfig) -> dict[str, Any]:
 # Data card.
 
 
+def _vocab_card(vocab: dict[str, Any]) -> str:
+  if 'given' in vocab:
+    return (f"Vocabulary: the given SentencePiece model `{vocab['given']}`, {vocab['size']} "
+            f"pieces (eos={vocab['eos_id']}, unk={vocab['unk_id']}).")
+  return (f"Vocabulary: SentencePiece unigram, {vocab['size']} pieces (pad=0, eos=1, unk=2, no "
+          'bos; identity normalization, whitespace kept, byte fallback), trained on the '
+          'training splits only.')
+
+
 def data_card(info: dict[str, Any]) -> str:
   """Markdown data card: per dataset and split, documents/examples/tokens/bytes; sources."""
   lines = [
       '# MoDE data card', '',
       'Generated by `python -m mode_pax.data.build` (`make data`); do not edit by hand.',
-      f"Build fingerprint `{info['fingerprint']}`. Vocabulary: SentencePiece unigram, "
-      f"{info['vocab']['size']} pieces (pad=0, eos=1, unk=2, no bos; identity normalization, "
-      'whitespace kept, byte fallback), trained on the training splits only. '
-      f"Examples hold at most {info['example_length'] - 1} tokens (+EOS = "
+      f"Build fingerprint `{info['fingerprint']}`. " + _vocab_card(info['vocab']) +
+      f" Examples hold at most {info['example_length'] - 1} tokens (+EOS = "
       f"{info['example_length']}); tokens below exclude EOS.", '',
       '| dataset | split | documents | examples | tokens | bytes |',
       '|---|---|---:|---:|---:|---:|']
@@ -532,12 +577,15 @@ def data_card(info: dict[str, Any]) -> str:
 def _define_flags() -> None:
   """Command-line flags (defined only when run as a program, to avoid clashes)."""
   global _DATA_DIR, _MANIFEST, _VOCAB_SIZE, _EXAMPLE_LENGTH, _SEED, _CODE_SIZES
-  global _MIXTURE_SIZES, _PIP_INDEX_URL, _CARD_OUT
+  global _MIXTURE_SIZES, _PIP_INDEX_URL, _CARD_OUT, _SPM_MODEL
   _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Output folder (local or gs://); default '
                                   '$MODE_PAX_DATA_DIR or <repo>/data/build.')
   _MANIFEST = flags.DEFINE_string('manifest', str(sources_lib.DEFAULT_MANIFEST),
                                   'Pinned source manifest.')
   _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 8192, 'SentencePiece vocabulary size.')
+  _SPM_MODEL = flags.DEFINE_string(
+      'spm_model', None, "Use this SentencePiece model (e.g. the paper-scale backbone's own "
+      'tokenizer) instead of training one; --vocab_size is then unused.')
   _EXAMPLE_LENGTH = flags.DEFINE_integer('example_length', 256,
                                          'Max example length in tokens, EOS included.')
   _SEED = flags.DEFINE_integer('seed', 0, 'Split/shuffle seed.')
@@ -561,7 +609,8 @@ def main(argv: Sequence[str]) -> None:
       vocab_size=_VOCAB_SIZE.value, example_length=_EXAMPLE_LENGTH.value, seed=_SEED.value,
       code_sizes=tuple(int(n) for n in _CODE_SIZES.value),
       mixture_sizes=tuple(int(n) for n in _MIXTURE_SIZES.value),
-      pip_index_url=_PIP_INDEX_URL.value, card_out=card_out or None)
+      pip_index_url=_PIP_INDEX_URL.value, card_out=card_out or None,
+      spm_model=_SPM_MODEL.value)
   try:
     info = build(config)
   except errors.DataError as e:
