@@ -26,6 +26,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
 from mode_pax import experiment
 from mode_pax import param_count
@@ -60,9 +61,12 @@ def study_runs(study: str, module: str) -> list[str]:
 def _settings(study: str, name: str, exp) -> dict:
   """The run's place in the study: table columns, or the figure's curve (group) and x."""
   if study == 'table2':
-    return dict(rank=exp.LORA_RANK, ffn=exp.LORA_FFN, emb=exp.LORA_EMBEDDINGS)
+    where = 'attention' + ' + FFN' * exp.LORA_FFN + ' + embeddings' * exp.LORA_EMBEDDINGS
+    return dict(rank=exp.LORA_RANK, ffn=exp.LORA_FFN, emb=exp.LORA_EMBEDDINGS,
+                group=f'LoRA on {where}', x=exp.LORA_RANK)
   if study == 'table3':
-    return dict(blocks=exp.NUM_BLOCKS, layers=exp.EXPERT_LAYERS)
+    return dict(blocks=exp.NUM_BLOCKS, layers=exp.EXPERT_LAYERS, x=exp.NUM_BLOCKS,
+                group=f'{exp.EXPERT_LAYERS} expert layer(s) per block')
   if study == 'figure3_params':
     return dict(group=('LoRA (rank)' if exp.METHOD == experiment.LORA
                        else 'MoDE (expert layers per block)'))
@@ -71,24 +75,35 @@ def _settings(study: str, name: str, exp) -> dict:
   return dict(group=group, x=tasks.num_train_examples(exp.TRAIN_DATA))
 
 
+# Study -> (panels: (label, metric key)), x-axis label, log x).
+_DOMAIN_PANELS = tuple(results.DOMAINS) + (('Average', 'average'),)
+_CODE_ENGLISH = (('Code', 'code'), ('English', 'english'))
+PLOTS = {
+    'table2': (_CODE_ENGLISH, 'LoRA rank', True),
+    'table3': (_CODE_ENGLISH, 'MoDE blocks', False),
+    'figure3_params': ((('Code', 'code'),), 'trainable parameters', True),
+    'figure3_examples': ((('Code', 'code'),), 'Code training examples', True),
+    'figure5': (_DOMAIN_PANELS, 'Math + Code training examples', True),
+}
+
+
 def _plot(study, rows, path):
-  if study == 'figure5':
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    panels = [(label, key) for label, key in results.DOMAINS] + [('Average', 'average')]
-    xlabel = 'Math + Code training examples'
-  else:
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    axes, panels = [ax], [('Code', 'code')]
-    xlabel = {'figure3_params': 'trainable parameters',
-              'figure3_examples': 'Code training examples'}[study]
-  for ax, (label, key) in zip(axes, panels):
+  """One panel per metric, one line per group (method / option), accuracy against x."""
+  panels, xlabel, logx = PLOTS[study]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1, 3.6), squeeze=False)
+  for ax, (label, key) in zip(axes[0], panels):
     for group in sorted({r['group'] for r in rows}):
       pts = sorted((r['x'], r[key]) for r in rows if r['group'] == group)
       ax.plot(*zip(*pts), marker='o', label=group)
-    ax.set_xscale('log')
+    if logx:
+      ax.set_xscale('log')
+    if study.startswith('table'):  # few settings: label exactly those
+      ax.set_xticks(sorted({r['x'] for r in rows}))
+      ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+      ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f'{label} next-token accuracy (%)')
-  axes[0].legend(fontsize=7)
+  axes[0][0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -166,8 +181,7 @@ def _write_study(study, scale, module, names, metrics, out_dir, minutes) -> str:
                'runs of this call, runs already done skipped).')
   with open(base + '.md', 'w') as f:
     f.write('\n'.join(lines) + '\n')
-  if study.startswith('figure'):
-    _plot(study, rows, base + '.png')
+  _plot(study, rows, base + '.png')
   return base + '.md'
 
 
