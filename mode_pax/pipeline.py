@@ -124,6 +124,7 @@ def run_stages(module: str, train: Sequence[str], evaluate: Sequence[str] = (),
   in the order given (upstream runs before the runs that need them). The first failure stops
   new stages from starting and is raised once the running ones end. Returns name -> metrics.
   """
+  jobs = max(1, jobs)
   order, deps = [], {}
 
   def add_train(name):
@@ -142,12 +143,12 @@ def run_stages(module: str, train: Sequence[str], evaluate: Sequence[str] = (),
     order.append(('eval', name))
   done, running, metrics, failure = set(), {}, {}, None
   run = {'train': train_stage, 'eval': evaluate_stage}
-  with futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+  with futures.ThreadPoolExecutor(max_workers=jobs) as pool:
     while len(done) < len(order):
       ready = [t for t in order
                if t not in done and t not in running.values() and deps[t] <= done]
       ready.sort(key=lambda t: t[0] != 'train')  # stable: keeps `order` within a kind
-      while failure is None and ready and len(running) < max(1, jobs):
+      while failure is None and ready and len(running) < jobs:
         task = ready.pop(0)
         running[pool.submit(run[task[0]], module, task[1])] = task
       if not running:

@@ -35,6 +35,10 @@ from mode_pax import pipeline
 from mode_pax import results
 from mode_pax.data import tasks
 
+FIGURE5_LABELS = {
+    'ComposeMathCode': 'MoDE 2x Experts', 'FrozenExpertsMathCode': 'MoDE 2x Frozen Experts',
+    'Uninitialized2xMathCode': 'MoDE 2x Uninitialized', 'LoraMathCode': 'LoRA',
+    'FullFinetuneMathCode': 'Full FT'}
 # Study -> regex over the names registered in the scale's module. The unsuffixed recipes are the
 # all-examples points of Figures 3 (right) and 5.
 STUDIES = {
@@ -42,14 +46,9 @@ STUDIES = {
     'table3': r'CodeExpertB[236]L[12]',
     'figure3_params': r'LoraCodeRank\d+|CodeExpertB3L\d+',
     'figure3_examples': r'(CodeExpert|LoraCode)(N\d+)?',
-    'figure5': r'(ComposeMathCode|FrozenExpertsMathCode|Uninitialized2xMathCode|LoraMathCode|'
-               r'FullFinetuneMathCode)(N\d+)?',
+    'figure5': f'({"|".join(FIGURE5_LABELS)})' + r'(N\d+)?',
 }
 METHOD_LABELS = {experiment.LORA: 'LoRA', experiment.MODE: 'MoDE', experiment.FULL: 'Full FT'}
-FIGURE5_LABELS = {
-    'ComposeMathCode': 'MoDE 2x Experts', 'FrozenExpertsMathCode': 'MoDE 2x Frozen Experts',
-    'Uninitialized2xMathCode': 'MoDE 2x Uninitialized', 'LoraMathCode': 'LoRA',
-    'FullFinetuneMathCode': 'Full FT'}
 
 
 def study_runs(study: str, module: str) -> list[str]:

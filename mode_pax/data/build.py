@@ -71,13 +71,14 @@ class BuildConfig:
   pip_index_url: str | None = None  # not part of the fingerprint
   card_out: str | None = None  # extra copy of the data card (e.g. data/DATA_CARD.md)
 
-  def fingerprint(self, manifest_sha256: str) -> str:
+  def fingerprint(self, manifest_sha256: str, given_vocab: bytes | None = None) -> str:
+    """given_vocab: the bytes of `spm_model` (read once, by load_vocabulary)."""
     keys = dict(version=BUILD_FORMAT_VERSION, manifest=manifest_sha256,
                 vocab_size=self.vocab_size, example_length=self.example_length,
                 seed=self.seed, code_sizes=list(self.code_sizes),
                 mixture_sizes=list(self.mixture_sizes), spm_sample_bytes=self.spm_sample_bytes,
                 spm_hard_vocab_limit=self.spm_hard_vocab_limit, code=_code_digest(),
-                spm_model=_file_sha256(self.spm_model) if self.spm_model else None)
+                spm_model=hashlib.sha256(given_vocab).hexdigest() if given_vocab else None)
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -214,11 +215,6 @@ def _spm_sentences(train_docs: dict[str, list[sources_lib.Document]], sample_byt
           sentences.extend(_split_at_spaces(line, 1000))
           used += len(line.encode()) + 1
   return sentences
-
-
-def _file_sha256(path: str) -> str:
-  with tf.io.gfile.GFile(path, 'rb') as f:
-    return hashlib.sha256(f.read()).hexdigest()
 
 
 def load_vocabulary(path: str) -> bytes:
@@ -374,7 +370,7 @@ def build(config: BuildConfig) -> dict[str, Any]:
   # A given tokenizer is checked before anything is fetched or written.
   given_vocab = load_vocabulary(config.spm_model) if config.spm_model else None
   manifest = sources_lib.load_manifest(config.manifest)
-  fingerprint = config.fingerprint(manifest.sha256)
+  fingerprint = config.fingerprint(manifest.sha256, given_vocab)
   data_dir = config.data_dir
   info_path = _join(data_dir, INFO_FILE)
   tf.io.gfile.makedirs(data_dir)
