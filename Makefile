@@ -17,7 +17,7 @@ main: setup
 
 # The test suite (CI runs exactly this).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadscope tests
 
 # Table 1's parameter column at paper scale.
 params: setup

@@ -55,7 +55,8 @@ from paxml import trainer_lib
 from praxis import base_layer
 from praxis import py_utils
 
-from mode_pax import results
+from mode_pax import lm_batch
+from mode_pax import registry
 
 DEFAULT_CONFIGS = ('pax:CodeExpert', 'jax:CodeExpert', 'pax:FullFinetuneMathCode')
 
@@ -63,18 +64,12 @@ DEFAULT_CONFIGS = ('pax:CodeExpert', 'jax:CodeExpert', 'pax:FullFinetuneMathCode
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int) -> py_utils.NestedMap:
   """A packed-LM batch of random ids, one segment per row, no padding."""
   ids = np.random.RandomState(0).randint(1, vocab_size, (batch_size, seq_len)).astype(np.int32)
-  paddings = np.zeros((batch_size, seq_len), np.float32)
-  return py_utils.NestedMap(
-      ids=jnp.asarray(ids), labels=jnp.asarray(np.roll(ids, -1, axis=1)),
-      weights=jnp.asarray(1.0 - paddings), paddings=jnp.asarray(paddings),
-      segment_ids=jnp.ones_like(jnp.asarray(ids)),
-      segment_pos=jnp.asarray(np.broadcast_to(np.arange(seq_len, dtype=np.int32), ids.shape)))
+  return lm_batch.lm_batch(ids, np.roll(ids, -1, axis=1))
 
 
 def build_task(name: str):
   """(instantiated Pax task, experiment) of a registered experiment, with no warm start."""
-  exp = results.lookup(f'mode.small.{name}')()
-  exp.BUILD_FOR_RUN = False
+  exp = registry.lookup(f'mode.small.{name}')()
   task_p = exp.task()
   task_p.train.init_from_checkpoint_rules = {}
   return base_layer.instantiate(task_p), exp

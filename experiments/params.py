@@ -6,6 +6,7 @@ TransformerLm with the architecture of `mode.Backbone`), or pre-train `mode.Back
 """
 
 from mode import recipes
+from mode import studies
 from mode_pax.data import build as data_build
 
 
@@ -16,9 +17,9 @@ class PaperScale:
   # LmExperiment's defaults are the paper's architecture and training settings.
 
 
-globals().update(recipes.register_all(
-    PaperScale, __name__,
+SWEEPS = studies.Sweeps(
     lora_ranks=(8, 16, 32, 64, 128, 256, 512, 1024, 2048),
     code_sizes=data_build.DEFAULT_CODE_SIZES,
     mixture_sizes=data_build.DEFAULT_MIXTURE_SIZES,
-    expert_layer_counts=(1, 2, 3, 4)))
+    expert_layer_counts=(1, 2, 3, 4))
+globals().update(recipes.register_all(PaperScale, __name__, SWEEPS))

@@ -1,17 +1,20 @@
-"""The paper's procedure and studies as scale-free recipes; `params.py` and `small.py` register
-them at paper scale (`mode.X`) and at CPU scale (`mode.small.X`).
+"""The paper's procedure as scale-free recipes; `params.py` and `small.py` register them at paper
+scale (`mode.X`) and at CPU scale (`mode.small.X`), together with the studies' variants
+(`experiments/studies.py`).
 
-A recipe names its upstream stages by class name (`BACKBONE = 'Backbone'`), resolved in the
-module that registers it, so `mode.small.CodeExpert` starts from `mode.small.Backbone`'s run.
+A recipe is one method (`mode_pax.methods`) with its data and upstream runs. It names upstream
+stages by class name (`BACKBONE = 'Backbone'`), resolved in the module that registers it, so
+`mode.small.CodeExpert` starts from `mode.small.Backbone`'s run.
 """
 
 from __future__ import annotations
 
 import sys
 
-from paxml import experiment_registry
-
+from mode import studies
 from mode_pax import experiment
+from mode_pax import methods
+from mode_pax import registry
 from mode_pax.data import tasks
 
 CODE, MATH, MATH_CODE, ENGLISH_PRETRAIN = (
@@ -22,6 +25,7 @@ class Recipe(experiment.LmExperiment):
   """Resolves upstream stage names in the module that registered the concrete experiment."""
   BACKBONE = 'Backbone'
   EXPERTS = ()
+  PAPER_PARAMS_B = None  # Table 1's parameter column (billions) for this row, if it is one
 
   def resolve_stage(self, stage):
     if isinstance(stage, str):
@@ -29,16 +33,15 @@ class Recipe(experiment.LmExperiment):
     return stage
 
 
-class Backbone(Recipe):
+class Backbone(Recipe, methods.Pretrain):
   """Pre-trains the backbone LM on English (at paper scale: the config of the existing PLM)."""
-  METHOD = experiment.PRETRAIN
+  LABEL = 'Backbone (no adaptation)'
   BACKBONE = None
   TRAIN_DATA = ENGLISH_PRETRAIN
 
 
-class CodeExpert(Recipe):
+class CodeExpert(Recipe, methods.MoDE):
   """Stage 1: one expert trained on Code; backbone frozen, expert and gates train."""
-  METHOD = experiment.MODE
   NUM_DOMAIN_EXPERTS = 1
   TRAIN_DATA = CODE
 
@@ -48,9 +51,10 @@ class MathExpert(CodeExpert):
   TRAIN_DATA = MATH
 
 
-class ComposeMathCode(Recipe):
+class ComposeMathCode(Recipe, methods.MoDE):
   """Stages 2-3: the Math and Code experts composed and fine-tuned with the gates on Math+Code."""
-  METHOD = experiment.MODE
+  LABEL = 'MoDE 2x Experts'
+  PAPER_PARAMS_B = 2.376
   NUM_DOMAIN_EXPERTS = 2
   EXPERTS = ('MathExpert', 'CodeExpert')
   TRAIN_DATA = MATH_CODE
@@ -58,93 +62,74 @@ class ComposeMathCode(Recipe):
 
 class FrozenExpertsMathCode(ComposeMathCode):
   """Table 1 'MoDE 2x Frozen Experts': only the gates train."""
+  LABEL = 'MoDE 2x Frozen Experts'
   FREEZE_EXPERTS = True
 
 
 class Uninitialized1xMathCode(ComposeMathCode):
   """Table 1 'MoDE 1x Uninitialized Expert': a new expert trained on Math+Code."""
+  LABEL = 'MoDE 1x Uninitialized Expert'
+  PAPER_PARAMS_B = 1.979
   NUM_DOMAIN_EXPERTS = 1
   EXPERTS = ()
 
 
 class Uninitialized2xMathCode(ComposeMathCode):
   """Table 1 'MoDE 2x Uninitialized Experts'."""
+  LABEL = 'MoDE 2x Uninitialized Experts'
   EXPERTS = ()
 
 
-class LoraMathCode(Recipe):
+class LoraMathCode(Recipe, methods.Lora):
   """LoRA baseline on Math+Code: the paper's best configuration (rank 16, attention only)."""
-  METHOD = experiment.LORA
+  LABEL = 'LoRA'
+  PAPER_PARAMS_B = 1.585
   LORA_RANK = 16
   TRAIN_DATA = MATH_CODE
 
 
-class FullFinetuneMathCode(Recipe):
+class FullFinetuneMathCode(Recipe, methods.FullFinetune):
   """Full-parameter fine-tuning baseline on Math+Code."""
-  METHOD = experiment.FULL
+  LABEL = 'Full-parameter Fine-tuning'
+  PAPER_PARAMS_B = 1.583
   TRAIN_DATA = MATH_CODE
 
 
-class LoraCode(Recipe):
+class LoraCode(Recipe, methods.Lora):
   """LoRA on Code (Table 2, Figure 3)."""
-  METHOD = experiment.LORA
   LORA_RANK = 16
   TRAIN_DATA = CODE
 
 
-TABLE1 = (FullFinetuneMathCode, LoraMathCode, Uninitialized1xMathCode, Uninitialized2xMathCode,
-          FrozenExpertsMathCode, ComposeMathCode)
-PROCEDURE = (Backbone, CodeExpert, MathExpert) + TABLE1 + (LoraCode,)
+# Table 1's rows in the paper's order (the backbone too, as the reference without adaptation),
+# and the comparisons printed under it: MoDE 2x Experts against each baseline.
+TABLE1 = (Backbone, FullFinetuneMathCode, LoraMathCode, Uninitialized1xMathCode,
+          Uninitialized2xMathCode, FrozenExpertsMathCode, ComposeMathCode)
+TABLE1_COMPARISONS = (ComposeMathCode, (FullFinetuneMathCode, LoraMathCode))
+PROCEDURE = TABLE1 + (CodeExpert, MathExpert, LoraCode)
 
 
-def study_variants(lora_ranks, code_sizes, mixture_sizes, expert_layer_counts):
-  """Name -> (recipe, overrides) for Tables 2-3 and Figures 3 and 5."""
-  variants = {}
-  # Table 2 and Figure 3 (left, LoRA): rank sweep, attention only; FFN / embedding options.
-  for rank in lora_ranks:
-    variants[f'LoraCodeRank{rank}'] = (LoraCode, dict(LORA_RANK=rank))
-  for suffix, ffn, emb in (('Ffn', True, False), ('Emb', False, True), ('FfnEmb', True, True)):
-    variants[f'LoraCodeRank16{suffix}'] = (LoraCode, dict(LORA_FFN=ffn, LORA_EMBEDDINGS=emb))
-  # Table 3: blocks x expert layers per block, one uninitialised expert on Code.
-  for blocks in (2, 3, 6):
-    for layers in (1, 2):
-      variants[f'CodeExpertB{blocks}L{layers}'] = (
-          CodeExpert, dict(NUM_BLOCKS=blocks, EXPERT_LAYERS=layers))
-  # Figure 3 (left, MoDE): expert layers per block at 3 blocks.
-  for layers in expert_layer_counts:
-    variants.setdefault(f'CodeExpertB3L{layers}', (
-        CodeExpert, dict(NUM_BLOCKS=3, EXPERT_LAYERS=layers)))
-  # Figure 3 (right): training examples, same number of steps.
-  for n in code_sizes:
-    variants[f'CodeExpertN{n}'] = (CodeExpert, dict(TRAIN_DATA=f'{CODE}_n{n}'))
-    variants[f'LoraCodeN{n}'] = (LoraCode, dict(TRAIN_DATA=f'{CODE}_n{n}'))
-  # Figure 5: Math+Code mixture examples for each method.
-  for n in mixture_sizes:
-    for recipe in (ComposeMathCode, FrozenExpertsMathCode, Uninitialized2xMathCode,
-                   LoraMathCode, FullFinetuneMathCode):
-      variants[f'{recipe.__name__}N{n}'] = (recipe, dict(TRAIN_DATA=f'{MATH_CODE}_n{n}'))
-  return variants
-
-
-def register_all(scale: type, module_name: str, *, lora_ranks, code_sizes, mixture_sizes,
-                 expert_layer_counts, stage_overrides=None) -> dict[str, type]:
+def register_all(scale: type, module_name: str, sweeps: studies.Sweeps,
+                 stage_overrides=None) -> dict[str, type]:
   """Registers every recipe and study variant at one scale; returns name -> class.
 
+  scale: class attributes of the scale (backbone size, batch, steps, mesh), first in the MRO.
+  sweeps: the studies' settings at this scale.
   stage_overrides: recipe name -> class attributes that differ at this scale for that recipe
-  (and the study variants built on it).
+    (and the study variants built on it).
   """
   stage_overrides = stage_overrides or {}
-  registered = {}
+  classes = {}
 
-  def _register(name, bases, attrs, doc):
-    cls = type(name, bases, dict(attrs, __module__=module_name, __qualname__=name, __doc__=doc))
-    registered[name] = experiment_registry.register(cls)
+  def _define(name, bases, attrs, doc):
+    classes[name] = type(name, bases, dict(attrs, __module__=module_name, __qualname__=name,
+                                           __doc__=doc))
 
   for recipe in PROCEDURE:
-    _register(recipe.__name__, (scale, recipe), stage_overrides.get(recipe.__name__, {}),
-              recipe.__doc__)
-  for name, (recipe, overrides) in study_variants(
-      lora_ranks, code_sizes, mixture_sizes, expert_layer_counts).items():
-    base = registered[recipe.__name__]
-    _register(name, (base,), overrides, f'{recipe.__doc__} Study variant: {overrides}.')
-  return registered
+    _define(recipe.__name__, (scale, recipe), stage_overrides.get(recipe.__name__, {}),
+            recipe.__doc__)
+  for name, (recipe_name, overrides) in studies.all_variants(sweeps).items():
+    base = classes[recipe_name]
+    doc = f'{base.__doc__.splitlines()[0]} Study variant: {overrides}.'
+    _define(name, (base,), overrides, doc)
+  return registry.register(list(classes.values()))

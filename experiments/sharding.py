@@ -4,7 +4,7 @@
   python -m launch.mpmd_launch --exp=mode.sharding.ShardingMesh5 --tpu=v5litepod-8 --dry-run
 
 Paper scale (`ShardingMesh{1,3,5}`, ...): the 1.58B, 18-layer backbone with 4 experts of 6 layers
-in 2 blocks on 8 TPU v5e. CPU scale (`...Small`): a 6-layer, 96-wide backbone (24 heads, so every
+in 2 blocks on 8 TPU v5e. CPU scale (`...Small`): a 6-layer, 48-wide backbone (24 heads, so every
 mesh size of the studies, 1, 2, 4, 6 and 8, divides the model-parallel dimensions), synthetic
 batches of 4 x 32 tokens; its 1/3/5-mesh experiments have 1 layer per expert block instead of 3
 (XLA:CPU takes minutes to compile the one-mesh program of 30 layers). Extra class attributes: MESH_PLAN (preset name or spec, see
@@ -13,14 +13,13 @@ random initialisation unless BACKBONE names a stage (or the launcher gets --init
 """
 
 from jax import numpy as jnp
-from paxml import experiment_registry
 
-from mode_pax import experiment
+from mode_pax import methods
+from mode_pax import registry
 
 
-class ShardingStudy(experiment.LmExperiment):
+class ShardingStudy(methods.MoDE):
   """Figure 4(a) at paper scale: 4 experts x 6 layers in 2 blocks; backbone frozen."""
-  METHOD = experiment.MODE
   NUM_DOMAIN_EXPERTS = 4
   NUM_BLOCKS = 2
   EXPERT_LAYERS = 3
@@ -68,7 +67,7 @@ def _variants():
 
 
 def _register():
-  out = {}
+  out = []
   for name, overrides in _variants().items():
     for suffix, bases in (('', (ShardingStudy,)), ('Small', (SmallShardingScale, ShardingStudy))):
       cls_name = name + suffix
@@ -77,10 +76,9 @@ def _register():
       if suffix and name in FIGURE_4A:
         # XLA:CPU compiles the one-mesh program of 6 + 24 layers for minutes: 1 layer per block.
         attrs['EXPERT_LAYERS'] = 1
-      cls = type(cls_name, bases, dict(attrs, __module__=__name__, __qualname__=cls_name,
-                                       __doc__=doc))
-      out[cls_name] = experiment_registry.register(cls)
-  return out
+      out.append(type(cls_name, bases, dict(attrs, __module__=__name__, __qualname__=cls_name,
+                                            __doc__=doc)))
+  return registry.register(out)
 
 
 FIGURE_4A = ('ShardingMesh1', 'ShardingMesh3', 'ShardingMesh5')

@@ -7,6 +7,7 @@ with a 6-layer, 128-wide backbone pre-trained here on English (`mode.small.Backb
 from jax import numpy as jnp
 
 from mode import recipes
+from mode import studies
 
 
 class SmallScale:
@@ -36,11 +37,9 @@ class SmallScale:
 # Sweeps thinned to what the studies train on 2 cores in about 1.5 hours (~25 new runs of ~4 min,
 # two at a time). With 150 steps x 8 rows a run sees ~1,200 examples, so sizes above that differ
 # little from the whole split; the all-examples point of Figures 3 and 5 is the unsuffixed recipe.
+SWEEPS = studies.Sweeps(lora_ranks=(4, 16, 64), code_sizes=(100, 300, 1000),
+                        mixture_sizes=(100,), expert_layer_counts=(1, 2, 3))
 globals().update(recipes.register_all(
-    SmallScale, __name__,
-    lora_ranks=(4, 16, 64),
-    code_sizes=(100, 300, 1000),
-    mixture_sizes=(100,),
-    expert_layer_counts=(1, 2, 3),
+    SmallScale, __name__, SWEEPS,
     # Pre-training from scratch needs more steps than adapting.
     stage_overrides={'Backbone': dict(MAX_STEPS=500, WARMUP_STEPS=50)}))

@@ -15,26 +15,15 @@ import math
 from absl import app
 from absl import flags
 import jax
-from jax import numpy as jnp
 import numpy as np
 from praxis import base_layer
-from praxis import py_utils
 
 from mode_pax import checkpoints
+from mode_pax import lm_batch
 from mode_pax import paths
-from mode_pax import results
+from mode_pax import registry
+from mode_pax import trees
 from mode_pax.data import tasks
-
-
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(value)
-  return tree
 
 
 def token_rows(token_ids: list[int], seq_len: int, eos_id: int = 1):
@@ -54,11 +43,10 @@ def token_rows(token_ids: list[int], seq_len: int, eos_id: int = 1):
 def evaluate_text(experiment_name: str, text: str, job_log_dir: str | None = None,
                   batch_size: int = 16) -> tuple[float, int]:
   """(next-token accuracy, number of tokens) of a run's newest checkpoint on `text`."""
-  experiment_cls = results.lookup(experiment_name)
+  experiment_cls = registry.lookup(experiment_name)
   experiment = experiment_cls()
-  experiment.BUILD_FOR_RUN = False
   job_log_dir = job_log_dir or paths.run_dir(experiment_cls)
-  variables = _nest(checkpoints.read_variables(paths.checkpoint_dir(job_log_dir)))
+  variables = trees.unflatten(checkpoints.read_variables(paths.checkpoint_dir(job_log_dir)))
   model = base_layer.instantiate(experiment.task().model)
   token_ids = tasks.vocabulary().encode(text)
   if not token_ids:
@@ -73,12 +61,7 @@ def evaluate_text(experiment_name: str, text: str, job_log_dir: str | None = Non
   correct = total = 0.0
   for start in range(0, len(ids), batch_size):
     sl = slice(start, start + batch_size)
-    rows = weights[sl]
-    batch = py_utils.NestedMap(
-        ids=jnp.asarray(ids[sl]), labels=jnp.asarray(labels[sl]), weights=jnp.asarray(rows),
-        paddings=jnp.asarray(1.0 - rows), segment_ids=jnp.asarray(rows, jnp.int32),
-        segment_pos=jnp.asarray(np.broadcast_to(np.arange(rows.shape[1]), rows.shape)))
-    metrics = metrics_of(batch)
+    metrics = metrics_of(lm_batch.lm_batch(ids[sl], labels[sl], paddings=1.0 - weights[sl]))
     value, weight = metrics['fraction_of_correct_next_step_preds']
     correct += float(value) * float(weight)
     total += float(weight)

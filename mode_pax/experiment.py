@@ -1,7 +1,17 @@
-"""Base experiment for every mode_pax run: one backbone architecture and one adaptation method.
+"""Base experiment for every mode_pax run: a backbone architecture adapted by one method.
 
 Concrete experiments (in `experiments/`, importable as the `mode` package) are small registered
-subclasses that override class attributes, in the style of paxml's own LM experiments.
+classes that combine three kinds of pieces, in the style of paxml's own LM experiments:
+
+  a method   (`mode_pax.methods`: Pretrain, FullFinetune, Lora, MoDE) - what trains and how the
+             backbone's LM config is changed;
+  a recipe   (`experiments/recipes.py`: CodeExpert, ComposeMathCode, ...) - data and upstream runs;
+  a scale    (`experiments/params.py`, `small.py`: the backbone's size, batch, steps, mesh).
+
+`task()` only builds configuration: it reads the locations in `mode_pax.paths` (environment
+variables) and touches no file. What needs the file system - the upstream checkpoints exist, the
+data build fits the vocabulary, the job_log_dir is not another experiment's - is checked in
+`validate()`, which `paxml.main` calls before it runs anything.
 """
 
 from __future__ import annotations
@@ -13,50 +23,27 @@ from absl import flags
 from etils import epath
 from jax import numpy as jnp
 from paxml import tasks_lib
-import jax
 from paxml.tasks.lm import model_params
-from praxis import base_input
 from praxis import pax_fiddle
-from praxis import py_utils
 
-from mode_pax import naming
+from mode_pax import lm_batch
 from mode_pax import paths
+from mode_pax import registry
 from mode_pax.data import inputs
 from mode_pax.data import tasks as data_tasks
-from mode_pax.layers import lora
-from mode_pax.layers import mode
 
-# Adaptation methods.
-PRETRAIN = 'pretrain'  # train a plain praxis TransformerLm from scratch (the backbone)
-FULL = 'full'  # full-parameter fine-tuning of the backbone
-LORA = 'lora'  # LoRA adapters on the frozen backbone
-MODE = 'mode'  # MoDE blocks: frozen backbone, trainable experts and gates
-METHODS = (PRETRAIN, FULL, LORA, MODE)
-
-
-class LmInputSpecs(base_input.BaseInputSpecsProvider):
-  """Shapes of a packed LM batch, so that a model initialises without opening its data.
-
-  Attributes:
-    batch_size: Per-process batch size.
-    seq_len: Sequence length.
-  """
-  batch_size: int = 1
-  seq_len: int = 8
-
-  def get_input_specs(self):
-    shape = (self.batch_size, self.seq_len)
-    ints = jax.ShapeDtypeStruct(shape, jnp.int32)
-    floats = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return py_utils.NestedMap(ids=ints, labels=ints, weights=floats, paddings=floats,
-                              segment_ids=ints, segment_pos=ints)
+# The marker a run leaves in its job_log_dir: Pax resumes from any checkpoint there, so a folder
+# holding another experiment's run is refused.
+EXPERIMENT_MARKER = 'mode_experiment.txt'
 
 
 class LmExperiment(model_params.TransformerLmSpmdAdafactor):
-  """A praxis TransformerLm adapted by one method; paper-scale defaults (Section 4.1).
+  """A praxis TransformerLm adapted by a method; paper-scale defaults (Section 4.1).
 
   The backbone defaults reproduce the paper's 1.58B-parameter, 18-layer PLM (Table 1's parameter
-  column within 1%; see `mode_pax.param_count`).
+  column within 1%; see `mode_pax.param_count`). Methods (`mode_pax.methods`) override the hooks
+  `adapt_lm`, `trainable_variables` and `backbone_load_rules`; a backbone family overrides
+  `backbone_lm`.
   """
   # Backbone architecture.
   NUM_LAYERS = 18
@@ -67,16 +54,10 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   VOCAB_SIZE = 192000
   FPROP_DTYPE = jnp.bfloat16
 
-  # Adaptation.
-  METHOD = MODE
-  NUM_BLOCKS = 3
-  NUM_DOMAIN_EXPERTS = 1
-  EXPERT_LAYERS = 2  # per block: 3 blocks x 2 layers = 6 layers per expert
-  FREEZE_EXPERTS = False  # composition with frozen experts: only the gates train
-  LORA_RANK = 16
-  LORA_ALPHA: float | None = None  # None: alpha = rank (scaling 1)
-  LORA_FFN = False
-  LORA_EMBEDDINGS = False
+  # The method's name in tables and plots (set by each method).
+  METHOD_NAME = None
+  # The row label in the paper's tables (set by recipes that are Table 1 rows).
+  LABEL = None
 
   # Training (paper: batch 128, learning rate 1e-3, 50k steps).
   LEARNING_RATE = 1e-3
@@ -94,62 +75,58 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   EVAL_BATCH_SIZE = 32
   EVAL_NUM_BATCHES = -1  # -1: the whole split, exactly once; N: its first N batches
 
-  # Upstream stages (experiment classes) whose checkpoints this run warm-starts from.
-  BACKBONE = None  # provides the backbone: a PRETRAIN experiment (class or name, see resolve_stage)
-  EXPERTS = ()  # expert j starts from expert 0 of EXPERTS[j]'s run
-  BUILD_FOR_RUN = True  # False: only build the config (no upstream checks, no job_log_dir claim)
+  # Upstream stages (experiment classes, or names resolved by `resolve_stage`) whose checkpoints
+  # this run warm-starts from.
+  BACKBONE = None  # provides the backbone (a Pretrain experiment); None: nothing to adapt
+  EXPERTS = ()  # MoDE: expert j starts from expert 0 of EXPERTS[j]'s run
 
-  @property
-  def eval_split(self) -> str:
-    """Split evaluated by eval datasets; the test split only for final reporting."""
-    return os.environ.get('MODE_PAX_EVAL_SPLIT', 'validation')
+  # ---- Hooks of the pieces. ----
+
+  def backbone_lm(self) -> pax_fiddle.Config:
+    """The backbone family's praxis LM config (default: paxml's TransformerLm of this size)."""
+    return super().task().model.lm_tpl
+
+  def adapt_lm(self, lm_tpl: pax_fiddle.Config) -> pax_fiddle.Config:
+    """The method's change to the backbone's LM config (default: none)."""
+    return lm_tpl
+
+  def trainable_variables(self) -> Sequence[str]:
+    """Regexes of the variables that train (bprop_variable_inclusion); () means all."""
+    return ()
+
+  def backbone_load_rules(self) -> tuple[list[tuple[str, str]], Sequence[str]]:
+    """(load_rules, ignore_rules) filling this model from the BACKBONE run's checkpoint."""
+    return [(r'(params/lm/.*)', '{}')], ()
+
+  def expert_load_rules(self, index: int) -> list[tuple[str, str]]:
+    """Load rules filling expert `index` from an EXPERTS run (only MoDE has experts)."""
+    raise ValueError(f'{type(self).__name__} has no experts to warm-start: EXPERTS must be ().')
+
+  # ---- The Pax experiment. ----
 
   def get_input_specs_provider_params(self):
-    return pax_fiddle.Config(LmInputSpecs, batch_size=self.TRAIN_BATCH_SIZE,
+    return pax_fiddle.Config(lm_batch.LmInputSpecs, batch_size=self.TRAIN_BATCH_SIZE,
                              seq_len=self.SEQUENCE_LENGTH)
 
   def datasets(self):
-    data_vocab = data_tasks.vocab_size()
-    if data_vocab > self.VOCAB_SIZE:
-      raise ValueError(
-          f'{type(self).__name__}.VOCAB_SIZE={self.VOCAB_SIZE} is smaller than the built '
-          f'vocabulary ({data_vocab} pieces in {data_tasks.resolve_data_dir()}); rebuild the '
-          f'data with --vocab_size={self.VOCAB_SIZE} or raise VOCAB_SIZE.')
     train = inputs.seqio_input_params(
         self.TRAIN_DATA, 'train', batch_size=self.TRAIN_BATCH_SIZE,
         seq_len=self.SEQUENCE_LENGTH, is_training=True, name='train',
         input_random_seed=self.TRAIN_DATA_SEED)
+    # Input checkpointing (see task()) saves the iterator explicitly, shuffle buffer included:
+    # paxml's symbolic mode needs tf.data index shuffling, which calls tfds.Readahead, absent
+    # from the pinned tensorflow-datasets.
+    train.enable_symbolic_checkpointing = False
     evals = [inputs.seqio_input_params(
-        name, self.eval_split, batch_size=self.EVAL_BATCH_SIZE, seq_len=self.SEQUENCE_LENGTH,
+        name, paths.eval_split(), batch_size=self.EVAL_BATCH_SIZE, seq_len=self.SEQUENCE_LENGTH,
         is_training=False, name=name.removeprefix('mode_')) for name in self.EVAL_DATA]
     for p in evals:
       p.eval_loop_num_batches = self.EVAL_NUM_BATCHES
     return [train] + evals
 
-  def trainable_variables(self) -> Sequence[str]:
-    """Regexes of the variables that train (bprop_variable_inclusion); () means all."""
-    if self.METHOD in (PRETRAIN, FULL):
-      return ()
-    if self.METHOD == LORA:
-      return (lora.LORA_VARIABLES_REGEX,)
-    return naming.TRAIN_GATES if self.FREEZE_EXPERTS else naming.TRAIN_EXPERTS_AND_GATES
-
   def task(self) -> pax_fiddle.Config:
-    if self.METHOD not in METHODS:
-      raise ValueError(f'{type(self).__name__}.METHOD={self.METHOD!r}; use one of {METHODS}.')
-    if self.BUILD_FOR_RUN:
-      self._claim_job_log_dir()
     task_p = super().task()
-    lm_tpl = task_p.model.lm_tpl
-    if self.METHOD == MODE:
-      lm_tpl = mode.to_mode_lm(
-          lm_tpl, num_blocks=self.NUM_BLOCKS, num_domain_experts=self.NUM_DOMAIN_EXPERTS,
-          expert_layers=self.EXPERT_LAYERS)
-    elif self.METHOD == LORA:
-      lm_tpl = lora.add_lora(
-          lm_tpl, rank=self.LORA_RANK, alpha=self.LORA_ALPHA, attention=True,
-          ffn=self.LORA_FFN, embeddings=self.LORA_EMBEDDINGS)
-    task_p.model.lm_tpl = lm_tpl
+    task_p.model.lm_tpl = self.adapt_lm(self.backbone_lm())
     model_params.set_default_adafactor(
         task_p, self.LEARNING_RATE, self.WEIGHT_DECAY, warmup_steps=self.WARMUP_STEPS,
         decay_start=self.WARMUP_STEPS + 1, decay_end=self.MAX_STEPS,
@@ -157,73 +134,110 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
     task_p.train.num_train_steps = self.MAX_STEPS
     task_p.train.learner.bprop_variable_inclusion = list(self.trainable_variables())
     task_p.train.init_from_checkpoint_rules = self.warm_start_rules()
+    # The training input's position is saved with every checkpoint, so a resumed run reads the
+    # batches an uninterrupted one would (bit-identical results).
+    task_p.train.enable_input_checkpointing = True
     return task_p
+
+  # ---- Upstream runs. ----
+
+  def resolve_stage(self, stage) -> type:
+    """The experiment class of an upstream stage given in BACKBONE or EXPERTS."""
+    return stage
 
   def backbone_checkpoint_dir(self) -> str | None:
     """Folder with the backbone's checkpoint_XXXXXXXX folders (MODE_PAX_BACKBONE_CKPT wins)."""
-    if os.environ.get('MODE_PAX_BACKBONE_CKPT'):
-      return os.environ['MODE_PAX_BACKBONE_CKPT']
+    if paths.backbone_checkpoint_override():
+      return paths.backbone_checkpoint_override()
     if self.BACKBONE is None:
       return None
     return paths.checkpoint_dir(paths.run_dir(self.resolve_stage(self.BACKBONE)))
 
-  def resolve_stage(self, stage):
-    """The experiment class of an upstream stage given in BACKBONE or EXPERTS."""
-    return stage
-
-  def _upstream_rules(self, upstream: type, ckpt_dir: str, load_rules, ignore_rules=()):
-    if self.BUILD_FOR_RUN and paths.latest_checkpoint_step(ckpt_dir) is None:
-      name = paths.experiment_name(upstream)
-      raise FileNotFoundError(
-          f'{type(self).__name__} starts from the checkpoint of {name}, but {ckpt_dir} holds '
-          f'no checkpoint. Run that stage first: python -m paxml.main --exp={name} '
-          f'--job_log_dir={os.path.dirname(ckpt_dir)} (or point MODE_PAX_RUNS / '
-          'MODE_PAX_BACKBONE_CKPT at where it ran).')
-    source = upstream()
-    source.BUILD_FOR_RUN = False
-    return tasks_lib.CheckpointLoadingRules(
-        task_p=source.task(), load_rules=list(load_rules), ignore_rules=list(ignore_rules),
-        input_specs_provider_p=source.get_input_specs_provider_params(), safe_load=True,
-        load_step=False, load_opt_states=False)
+  def upstream_runs(self) -> list[tuple[type, str, list, Sequence[str]]]:
+    """(experiment, checkpoint folder, load rules, ignore rules) of each run this one starts
+    from: the backbone first, then expert j from EXPERTS[j]."""
+    if self.BACKBONE is None:
+      if self.EXPERTS:
+        raise ValueError(f'{type(self).__name__}: EXPERTS need a BACKBONE.')
+      return []
+    load, ignore = self.backbone_load_rules()
+    runs = [(self.resolve_stage(self.BACKBONE), self.backbone_checkpoint_dir(), load, ignore)]
+    for j, stage in enumerate(self.EXPERTS):
+      expert_cls = self.resolve_stage(stage)
+      ckpt = paths.checkpoint_dir(paths.run_dir(expert_cls))
+      if any(ckpt == r[1] for r in runs):
+        raise ValueError(f'{type(self).__name__}: {expert_cls.__name__} is listed twice.')
+      runs.append((expert_cls, ckpt, self.expert_load_rules(j), ()))
+    return runs
 
   def warm_start_rules(self) -> dict[str, tasks_lib.CheckpointLoadingRules]:
     """init_from_checkpoint_rules: backbone from BACKBONE's run, expert j from EXPERTS[j]'s."""
-    if self.METHOD == PRETRAIN:
-      return {}
-    if self.BACKBONE is None:
-      raise ValueError(f'{type(self).__name__} adapts a backbone: set BACKBONE.')
-    backbone_ckpt = self.backbone_checkpoint_dir()
-    if self.METHOD == MODE:
-      backbone_load = naming.backbone_from_transformer_lm(self.NUM_LAYERS, self.NUM_BLOCKS)
-      ignore = ()
-    else:
-      backbone_load = [(r'(params/lm/.*)', '{}')]
-      ignore = (lora.LORA_VARIABLES_REGEX,) if self.METHOD == LORA else ()
-    rules = {backbone_ckpt: self._upstream_rules(
-        self.resolve_stage(self.BACKBONE), backbone_ckpt, backbone_load, ignore)}
-    if len(self.EXPERTS) > self.NUM_DOMAIN_EXPERTS:
-      raise ValueError(f'{type(self).__name__}: {len(self.EXPERTS)} expert runs for '
-                       f'NUM_DOMAIN_EXPERTS={self.NUM_DOMAIN_EXPERTS}.')
-    for j, expert_exp in enumerate(self.resolve_stage(e) for e in self.EXPERTS):
-      ckpt = paths.checkpoint_dir(paths.run_dir(expert_exp))
-      if ckpt in rules:
-        raise ValueError(f'{type(self).__name__}: {expert_exp.__name__} is listed twice.')
-      rules[ckpt] = self._upstream_rules(expert_exp, ckpt, naming.expert_from_mode_lm(0, j))
+    rules = {}
+    for upstream, ckpt_dir, load, ignore in self.upstream_runs():
+      source = upstream()
+      rules[ckpt_dir] = tasks_lib.CheckpointLoadingRules(
+          task_p=source.task(), load_rules=list(load), ignore_rules=list(ignore),
+          input_specs_provider_p=source.get_input_specs_provider_params(), safe_load=True,
+          load_step=False, load_opt_states=False)
     return rules
 
-  def _claim_job_log_dir(self) -> None:
-    """Refuses a job_log_dir that already holds a run of a different experiment."""
-    if not (flags.FLAGS.is_parsed() and 'job_log_dir' in flags.FLAGS):
+  # ---- Run-time checks (paxml.main calls validate() before it runs anything). ----
+
+  def validate(self) -> None:
+    """Checks what a run needs from the file system, then claims the job_log_dir.
+
+    Raises a clear error naming the fix: every missing upstream checkpoint, a data build whose
+    vocabulary does not fit VOCAB_SIZE, a job_log_dir holding another experiment's run. The
+    folder is claimed (EXPERIMENT_MARKER written) only once every check has passed.
+    """
+    job_log_dir = self._job_log_dir()
+    resuming = bool(job_log_dir) and paths.latest_checkpoint_step(
+        paths.checkpoint_dir(job_log_dir)) is not None
+    self._check_job_log_dir(job_log_dir)
+    if not resuming:  # Pax ignores the warm-start rules when it resumes
+      self.check_upstream_runs()
+    self._check_vocabulary()
+    if job_log_dir:
+      marker = epath.Path(job_log_dir) / EXPERIMENT_MARKER
+      if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(registry.experiment_name(type(self)) + '\n')
+
+  def check_upstream_runs(self) -> None:
+    """FileNotFoundError naming every upstream run whose checkpoint is missing."""
+    missing = [(upstream, ckpt) for upstream, ckpt, _, _ in self.upstream_runs()
+               if paths.latest_checkpoint_step(ckpt) is None]
+    if not missing:
       return
-    job_log_dir = flags.FLAGS.job_log_dir
+    lines = [f'  {registry.experiment_name(u)}: no checkpoint in {c}; run it first: '
+             f'python -m paxml.main --exp={registry.experiment_name(u)} '
+             f'--job_log_dir={os.path.dirname(c)}' for u, c in missing]
+    raise FileNotFoundError(
+        f'{type(self).__name__} starts from the checkpoints of {len(missing)} run(s) that are '
+        'not there:\n' + '\n'.join(lines) + '\n(or point MODE_PAX_RUNS / MODE_PAX_BACKBONE_CKPT '
+        'at where they ran).')
+
+  def _check_vocabulary(self) -> None:
+    data_vocab = data_tasks.vocab_size()
+    if data_vocab > self.VOCAB_SIZE:
+      raise ValueError(
+          f'{type(self).__name__}.VOCAB_SIZE={self.VOCAB_SIZE} is smaller than the built '
+          f'vocabulary ({data_vocab} pieces in {data_tasks.resolve_data_dir()}); rebuild the '
+          f'data with --vocab_size={self.VOCAB_SIZE} or raise VOCAB_SIZE.')
+
+  def _job_log_dir(self) -> str | None:
+    """paxml.main's --job_log_dir, when this process is paxml.main."""
+    if flags.FLAGS.is_parsed() and 'job_log_dir' in flags.FLAGS:
+      return flags.FLAGS.job_log_dir or None
+    return None
+
+  def _check_job_log_dir(self, job_log_dir: str | None) -> None:
+    """Refuses a job_log_dir that already holds a run of a different experiment."""
     if not job_log_dir:
       return
-    marker = epath.Path(job_log_dir) / 'mode_experiment.txt'
-    name = paths.experiment_name(type(self))
+    marker = epath.Path(job_log_dir) / EXPERIMENT_MARKER
+    name = registry.experiment_name(type(self))
     if marker.exists() and marker.read_text().strip() != name:
       raise ValueError(
           f'{job_log_dir} holds a run of {marker.read_text().strip()}, not {name}; Pax would '
           'resume from its checkpoints. Use another --job_log_dir or delete that one.')
-    if not marker.exists():
-      marker.parent.mkdir(parents=True, exist_ok=True)
-      marker.write_text(name + '\n')

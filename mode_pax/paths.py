@@ -8,6 +8,11 @@ Every location can be overridden from the command line through an environment va
   MODE_PAX_BACKBONE_CKPT folder holding the backbone's checkpoint_XXXXXXXX folders; at paper scale
                          this is the pre-trained LM (default: the backbone stage's run).
   MODE_PAX_DATA_DIR      the built datasets (see mode_pax.data; default data/build/).
+  MODE_PAX_EVAL_SPLIT    the split that eval inputs read (default validation; the pipeline
+                         evaluates finished runs on test).
+
+These are read when an experiment's config is built (they decide the paths in it); nothing here
+touches the file system but `latest_checkpoint_step`.
 """
 
 from __future__ import annotations
@@ -17,25 +22,28 @@ import pathlib
 
 from etils import epath
 
+from mode_pax import registry
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def experiment_name(experiment_cls: type) -> str:
-  """The registry name of an experiment class, e.g. 'mode.small.CodeExpert'."""
-  module = experiment_cls.__module__
-  # experiments/params.py registers as mode.params.X, which paxml also finds as mode.X.
-  if module == 'mode.params':
-    module = 'mode'
-  return f'{module}.{experiment_cls.__name__}'
 
 
 def runs_root() -> str:
   return os.environ.get('MODE_PAX_RUNS') or str(REPO_ROOT / 'runs')
 
 
+def backbone_checkpoint_override() -> str | None:
+  """MODE_PAX_BACKBONE_CKPT: the backbone's checkpoint folder, instead of the backbone stage's."""
+  return os.environ.get('MODE_PAX_BACKBONE_CKPT') or None
+
+
+def eval_split() -> str:
+  """The split eval inputs read: validation while developing, test only for final reporting."""
+  return os.environ.get('MODE_PAX_EVAL_SPLIT', 'validation')
+
+
 def run_dir(experiment_cls: type) -> str:
   """The job_log_dir of an experiment's run."""
-  return os.path.join(runs_root(), experiment_name(experiment_cls))
+  return os.path.join(runs_root(), registry.experiment_name(experiment_cls))
 
 
 def checkpoint_dir(job_log_dir: str) -> str:

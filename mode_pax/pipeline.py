@@ -23,28 +23,15 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from mode import recipes
 from mode_pax import paths
+from mode_pax import registry
 from mode_pax import results
 
 # No JAX persistent compilation cache: with jax 0.4.26 on CPU, a stage that loaded its train
 # step from the cache (written by an earlier stage of the same architecture) produced NaNs from
 # its first step, in frozen variables too.
 _EXTRA_ENV = dict(TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1')
-
-# Table 1 order; the backbone is evaluated too, as the reference without adaptation.
-TABLE1_STAGES = (
-    ('Backbone (no adaptation)', 'Backbone'),
-    ('Full-parameter Fine-tuning', 'FullFinetuneMathCode'),
-    ('LoRA', 'LoraMathCode'),
-    ('MoDE 1x Uninitialized Expert', 'Uninitialized1xMathCode'),
-    ('MoDE 2x Uninitialized Experts', 'Uninitialized2xMathCode'),
-    ('MoDE 2x Frozen Experts', 'FrozenExpertsMathCode'),
-    ('MoDE 2x Experts', 'ComposeMathCode'),
-)
-TRAIN_ORDER = ('Backbone', 'CodeExpert', 'MathExpert', 'ComposeMathCode',
-               'FrozenExpertsMathCode', 'Uninitialized1xMathCode', 'Uninitialized2xMathCode',
-               'LoraMathCode', 'FullFinetuneMathCode')
-
 
 def _log(msg: str) -> None:
   print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
@@ -78,7 +65,7 @@ def run_paxml(exp: str, job_log_dir: str, mode: str, log_name: str, env=None) ->
 
 
 def train_stage(module: str, name: str) -> None:
-  experiment_cls = results.lookup(f'{module}.{name}')
+  experiment_cls = registry.lookup(f'{module}.{name}')
   job_log_dir = paths.run_dir(experiment_cls)
   target = experiment_cls.MAX_STEPS
   step = paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir))
@@ -94,7 +81,7 @@ def train_stage(module: str, name: str) -> None:
 
 def evaluate_stage(module: str, name: str) -> dict[str, float]:
   """Next-token accuracy on each test set, cached per checkpoint step in the run's folder."""
-  experiment_cls = results.lookup(f'{module}.{name}')
+  experiment_cls = registry.lookup(f'{module}.{name}')
   job_log_dir = paths.run_dir(experiment_cls)
   cached = results.load_test_metrics(job_log_dir)
   if cached is not None:
@@ -110,7 +97,7 @@ def evaluate_stage(module: str, name: str) -> dict[str, float]:
 
 def upstream_stages(module: str, name: str) -> list[str]:
   """Names of the runs a stage warm-starts from (its BACKBONE and EXPERTS), in `module`."""
-  experiment_cls = results.lookup(f'{module}.{name}')
+  experiment_cls = registry.lookup(f'{module}.{name}')
   stages = ([experiment_cls.BACKBONE] if experiment_cls.BACKBONE else []) + list(
       experiment_cls.EXPERTS)
   return [s if isinstance(s, str) else s.__name__ for s in stages]
@@ -180,10 +167,11 @@ def main(argv) -> None:
   start = time.time()
   module = f'mode.{flags.FLAGS.scale}'
   ensure_data()
-  names = [name for _, name in TABLE1_STAGES]
-  metrics = run_stages(module, TRAIN_ORDER, names, jobs=flags.FLAGS.jobs)
-  rows = [results.Row(method=method, experiment=f'{module}.{name}', metrics=metrics[name])
-          for method, name in TABLE1_STAGES]
+  # Upstream runs (the backbone, the single-domain experts) are trained first by run_stages.
+  names = [recipe.__name__ for recipe in recipes.TABLE1]
+  metrics = run_stages(module, names, names, jobs=flags.FLAGS.jobs)
+  rows = [results.Row(method=recipe.LABEL, experiment=f'{module}.{recipe.__name__}',
+                      metrics=metrics[recipe.__name__]) for recipe in recipes.TABLE1]
   wall = time.time() - start
   out = results.write_table1(rows, flags.FLAGS.out, scale=flags.FLAGS.scale, wall_seconds=wall)
   _log(f'Table 1 ({flags.FLAGS.scale} scale) -> {out}; this run took {wall / 60:.1f} min')

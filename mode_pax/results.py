@@ -12,26 +12,16 @@ import glob
 import json
 import os
 
-from paxml import experiment_registry
 import tensorflow as tf
 
+from mode import recipes
 from mode_pax import param_count
 from mode_pax import paths
+from mode_pax import registry
 
 ACCURACY = 'fraction_of_correct_next_step_preds'
 DOMAINS = (('Math', 'math'), ('Code', 'code'), ('English', 'english'))
 METRICS_FILE = 'test_metrics.json'
-
-
-def lookup(name: str):
-  """A registered experiment class by name (importing its module if needed)."""
-  experiment_cls = experiment_registry.get(name)
-  if experiment_cls is None:
-    __import__(name.rsplit('.', 1)[0])
-    experiment_cls = experiment_registry.get(name)
-  if experiment_cls is None:
-    raise ValueError(f'No registered experiment {name!r}.')
-  return experiment_cls
 
 
 def read_eval_accuracy(job_log_dir: str, input_name: str) -> tuple[int, float]:
@@ -89,7 +79,7 @@ class Row:
 
 def _params(row: Row) -> int:
   if row.params is None:
-    record_path = os.path.join(paths.run_dir(lookup(row.experiment)), METRICS_FILE)
+    record_path = os.path.join(paths.run_dir(registry.lookup(row.experiment)), METRICS_FILE)
     with open(record_path) as f:
       row.params = json.load(f)['total_params']
   return row.params
@@ -108,8 +98,9 @@ def write_table1(rows: list[Row], out_dir: str, *, scale: str, wall_seconds: flo
     values = ' | '.join(f'{r.metrics[k]:.2f}' for k in keys)
     lines.append(f'| {r.method} | {_params(r) / 1e6:.3f} M | {values} |')
     csv_rows.append([r.method, r.experiment, _params(r)] + [f'{r.metrics[k]:.4f}' for k in keys])
-  mode_row = by_method.get('MoDE 2x Experts')
-  for baseline in ('Full-parameter Fine-tuning', 'LoRA'):
+  mode_recipe, baselines = recipes.TABLE1_COMPARISONS
+  mode_row = by_method.get(mode_recipe.LABEL)
+  for baseline in (b.LABEL for b in baselines):
     if mode_row and baseline in by_method:
       base = by_method[baseline]
       deltas = ' | '.join(f'{mode_row.metrics[k] - base.metrics[k]:+.2f}' for k in keys)

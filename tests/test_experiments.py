@@ -2,19 +2,27 @@
 
 import os
 import re
-import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import jax
 import numpy as np
+from praxis import base_layer
 import pytest
 
 from mode_pax import checkpoints
+from mode_pax import lm_batch
 from mode_pax import naming
 from mode_pax import paths
 from mode_pax import pipeline
-from mode_pax import results
+from mode_pax import registry
+from mode_pax import trees
 from mode_pax.data import build as build_lib
 from mode_pax.data import tasks
 from tests import test_data
+from tests import tiny_experiments
 
 MODULE = 'tests.tiny_experiments'
 
@@ -39,7 +47,7 @@ def runs(tmp_path_factory):
 
 
 def _dir(name):
-  return paths.run_dir(results.lookup(f'{MODULE}.{name}'))
+  return paths.run_dir(registry.lookup(f'{MODULE}.{name}'))
 
 
 def _vars(name):
@@ -74,8 +82,20 @@ def test_backbone_is_bit_identical_after_expert_training(runs):
     np.testing.assert_array_equal(value, backbone[source], err_msg=path)
     compared += 1
   assert compared == len(backbone)
-  # ... while the expert and its gates did train (they differ from a fresh initialisation).
-  assert _matching(expert, naming.experts(0)) and _matching(expert, naming.GATES)
+
+
+def test_expert_training_moves_the_expert_and_gates_and_nothing_else(runs):
+  """Between the run's first checkpoint (step 0: after the warm start, before any update) and
+  its last, every expert and gate variable changed and every backbone variable did not."""
+  del runs
+  ckpt_dir = paths.checkpoint_dir(_dir('CodeExpert'))
+  start, end = checkpoints.read_variables(ckpt_dir, 0), checkpoints.read_variables(ckpt_dir, 4)
+  assert start.keys() == end.keys()
+  trained = {**_matching(start, naming.experts(0)), **_matching(start, naming.GATES)}
+  assert trained and len(trained) < len(start)
+  for path, value in start.items():
+    moved = not np.array_equal(value, end[path])
+    assert moved == (path in trained), path
 
 
 def test_composition_provenance_names_each_upstream_run(runs):
@@ -99,10 +119,10 @@ def test_frozen_experts_stay_their_single_domain_selves(runs):
     assert experts
     for path, value in experts.items():
       np.testing.assert_array_equal(value, trained[path.replace(f'experts_{j}', 'experts_0')])
-  # The gates, the only trainable part, moved away from their initial values.
-  composed = _vars('ComposeMathCode')
-  assert not all(np.array_equal(frozen[k], composed[k])
-                 for k in _matching(frozen, naming.GATES))
+  # The gates, the only trainable part, moved away from their values at step 0.
+  start = checkpoints.read_variables(paths.checkpoint_dir(_dir('FrozenExpertsMathCode')), 0)
+  gates = _matching(frozen, naming.GATES)
+  assert gates and all(not np.array_equal(v, start[k]) for k, v in gates.items())
 
 
 def test_lora_run_changes_only_lora_variables(runs):
@@ -127,18 +147,41 @@ def test_a_rerun_reproduces_the_run_bit_for_bit(runs, tmp_path, monkeypatch):
     np.testing.assert_array_equal(again[path], value, err_msg=path)
 
 
-def test_interrupted_run_resumes_from_its_last_checkpoint(runs):
+def test_a_killed_run_resumes_to_the_same_variables_as_an_uninterrupted_one(runs, tmp_path):
+  """kill -9 of a real paxml.main after its step-2 checkpoint, then the same command again:
+  Pax restores the model, optimizer and input position, and the run ends bit-identical to
+  one that was never interrupted."""
   del runs
-  ckpt_dir = paths.checkpoint_dir(_dir('MathExpert'))
-  before = checkpoints.read_variables(ckpt_dir, 2)
-  shutil.rmtree(os.path.join(ckpt_dir, 'checkpoint_00000004'))  # as if it died after step 2
-  pipeline.train_stage(MODULE, 'MathExpert')
-  assert paths.latest_checkpoint_step(ckpt_dir) == 4
-  log = open(os.path.join(_dir('MathExpert'), 'train_log.txt')).read()
-  assert re.search(r'[Rr]estor\w* .*step.* 2\b|step 2\b.*restor', log) or 'checkpoint_00000002' in log
-  np.testing.assert_array_equal(checkpoints.read_variables(ckpt_dir, 2)[
-      'params/lm/transformer/blocks_0/experts_0/x_layers_0/layer_norm/scale'],
-      before['params/lm/transformer/blocks_0/experts_0/x_layers_0/layer_norm/scale'])
+  name = f'{MODULE}.ResumableMathExpert'
+  whole, killed = str(tmp_path / 'uninterrupted'), str(tmp_path / 'killed')
+  pipeline.run_paxml(name, whole, 'train', 'train_log.txt')
+  os.makedirs(killed)
+  log_path = os.path.join(killed, 'train_log.txt')
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'paxml.main', f'--exp={name}', f'--job_log_dir={killed}'],
+        stdout=log, stderr=subprocess.STDOUT, cwd=paths.REPO_ROOT,
+        env={**os.environ, tiny_experiments.PAUSE_ENV: '3'})
+  ckpt_dir = paths.checkpoint_dir(killed)
+  deadline = time.time() + 600
+  # Steps 1-3 ran and the input blocks on the 4th batch: step 2's checkpoint is written.
+  while not ('paused after 3 batches' in open(log_path).read()
+             and paths.latest_checkpoint_step(ckpt_dir) == 2):
+    assert proc.poll() is None, open(log_path).read()[-3000:]
+    assert time.time() < deadline, 'the run never reached its pause'
+    time.sleep(0.5)
+  time.sleep(2)  # let an asynchronous checkpoint of step 2 finish; step 4 cannot come
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert paths.latest_checkpoint_step(ckpt_dir) == 2
+  pipeline.run_paxml(name, killed, 'train', 'train_log.txt')
+  resumed_log = open(log_path).read().split('paused after 3 batches')[-1]
+  assert re.search(r'[Rr]estor.*checkpoint_00000002|step 2', resumed_log)
+  final, reference = checkpoints.read_variables(ckpt_dir), checkpoints.read_variables(
+      paths.checkpoint_dir(whole))
+  assert paths.latest_checkpoint_step(ckpt_dir) == 6 and final.keys() == reference.keys()
+  for path, value in reference.items():
+    np.testing.assert_array_equal(final[path], value, err_msg=path)
 
 
 def test_evaluation_reports_next_token_accuracy_per_domain(runs):
@@ -156,7 +199,7 @@ def test_missing_upstream_run_names_the_stage_to_run_first(runs, tmp_path):
   os.environ['MODE_PAX_RUNS'] = str(tmp_path)
   try:
     with pytest.raises(FileNotFoundError, match=r'tests\.tiny_experiments\.Backbone.*paxml\.main'):
-      results.lookup(f'{MODULE}.CodeExpert')().task()
+      registry.lookup(f'{MODULE}.CodeExpert')().validate()
   finally:
     os.environ['MODE_PAX_RUNS'] = str(runs)
 
@@ -173,11 +216,37 @@ def test_accuracy_on_a_users_own_text_file(runs):
   text = 'def add(a, b):\n    return a + b\n\nIt is a truth universally acknowledged.\n' * 20
   accuracy, num_tokens = evaluate.evaluate_text(f'{MODULE}.ComposeMathCode', text, batch_size=4)
   assert 0.0 < accuracy < 1.0
-  from mode_pax.data import tasks  # pylint: disable=g-import-not-at-top
-  assert num_tokens == len(tasks.vocabulary().encode(text)) + 1  # every token and the EOS
-  # The same text under an untrained-looking model (the frozen composition) scores differently.
-  other, _ = evaluate.evaluate_text(f'{MODULE}.Backbone', text, batch_size=4)
-  assert other != accuracy
+  token_ids = tasks.vocabulary().encode(text)
+  assert num_tokens == len(token_ids) + 1  # every token and the EOS
+  # The named run's checkpoint is what is scored: against argmax of the model's own logits,
+  # for two runs whose weights differ.
+  reference = {}
+  for name in ('ComposeMathCode', 'Backbone'):
+    reference[name] = _argmax_accuracy(name, token_ids)
+    if name != 'ComposeMathCode':
+      assert evaluate.evaluate_text(f'{MODULE}.{name}', text, batch_size=4)[0] == pytest.approx(
+          reference[name], abs=1e-6)
+  assert accuracy == pytest.approx(reference['ComposeMathCode'], abs=1e-6)
+  assert reference['ComposeMathCode'] != reference['Backbone']
+
+
+def _argmax_accuracy(name, token_ids):
+  """Next-token accuracy from the logits of Pax's model of a run (not Pax's accuracy metric)."""
+  exp = registry.lookup(f'{MODULE}.{name}')()
+  model = base_layer.instantiate(exp.task().model)
+  variables = trees.unflatten(_vars(name))
+  stream = list(token_ids) + [1]  # EOS
+  correct = total = 0
+  length = exp.SEQUENCE_LENGTH
+  for start in range(0, len(stream), length):
+    labels = np.array(stream[start:start + length], np.int32)[None]
+    ids = np.concatenate([[[0]], labels[:, :-1]], axis=1)  # BOS 0, then the previous tokens
+    batch = lm_batch.lm_batch(ids, labels)
+    predictions = model.apply(variables, batch, method=model.compute_predictions,
+                              rngs={base_layer.RANDOM: jax.random.PRNGKey(0)})
+    correct += int((np.argmax(predictions.logits, -1) == labels).sum())
+    total += labels.size
+  return correct / total
 
 
 def test_a_study_trains_evaluates_and_writes_table_and_figure(runs, tmp_path):

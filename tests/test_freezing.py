@@ -2,18 +2,19 @@
 
 import jax
 import numpy as np
-import pytest
 from jax import numpy as jnp
 from paxml import trainer_lib
 from praxis import base_layer
-from praxis import py_utils
 
-from mode_pax import experiment
+from mode_pax import lm_batch
+from mode_pax import methods
+from mode_pax import trees
 from tests import lm_fixtures
 
 
-class TinyAdaptation(experiment.LmExperiment):
-  """A tiny experiment of each method, trained in-process with Pax's own train step."""
+class TinyAdaptation:
+  """A tiny experiment of each method (a mixin before the method), trained in-process with
+  Pax's own train step."""
   NUM_LAYERS = 4
   VOCAB_SIZE = 64
   MODEL_DIMS = 32
@@ -35,15 +36,11 @@ class TinyAdaptation(experiment.LmExperiment):
     return {}  # trained from its initialisation, in-process
 
 
-def _train(**overrides):
-  exp = TinyAdaptation()
-  for k, v in overrides.items():
-    setattr(exp, k, v)
+def _train(method, **overrides):
+  exp = type('Tiny', (TinyAdaptation, method), overrides)()
   task = base_layer.instantiate(exp.task())
   ids, paddings, _ = lm_fixtures.lm_inputs(batch=4, length=12)
-  batch = py_utils.NestedMap(
-      ids=ids, labels=jnp.roll(ids, -1, axis=1), paddings=paddings, weights=1.0 - paddings,
-      segment_ids=jnp.ones_like(ids), segment_pos=jnp.broadcast_to(jnp.arange(12), ids.shape))
+  batch = lm_batch.lm_batch(ids, jnp.roll(ids, -1, axis=1), paddings=paddings)
   state, _ = trainer_lib.initialize_model_state(task, jax.random.PRNGKey(0), batch)
   before = jax.tree_util.tree_map(np.asarray, state.mdl_vars)
   step = jax.jit(lambda s, k, b: trainer_lib.train_step_single_learner(task, s, k, b))
@@ -51,9 +48,9 @@ def _train(**overrides):
     state, _ = step(state, jax.random.PRNGKey(i + 1), batch)
   after = jax.tree_util.tree_map(np.asarray, state.mdl_vars)
   changed = {}
-  for (path, b), (_, a) in zip(py_utils.NestedMap(before).FlattenItems(),
-                               py_utils.NestedMap(after).FlattenItems()):
-    changed[path.replace('.', '/')] = not np.array_equal(a, b)
+  after = trees.flatten(after)
+  for path, b in trees.flatten(before).items():
+    changed[path] = not np.array_equal(after[path], b)
   return changed
 
 
@@ -62,21 +59,21 @@ def _changed(changed, fragment):
 
 
 def test_expert_training_changes_only_experts_and_gates():
-  changed = _train(METHOD=experiment.MODE, NUM_DOMAIN_EXPERTS=1)
+  changed = _train(methods.MoDE, NUM_DOMAIN_EXPERTS=1)
   for path, did in changed.items():
     should = '/experts_' in path or '/gate/' in path
     assert did == should, (path, did)
 
 
 def test_frozen_experts_composition_changes_only_gates():
-  changed = _train(METHOD=experiment.MODE, NUM_DOMAIN_EXPERTS=2, FREEZE_EXPERTS=True)
+  changed = _train(methods.MoDE, NUM_DOMAIN_EXPERTS=2, FREEZE_EXPERTS=True)
   assert any(changed.values())
   for path, did in changed.items():
     assert did == ('/gate/' in path), (path, did)
 
 
 def test_lora_changes_only_lora_variables():
-  changed = _train(METHOD=experiment.LORA, LORA_FFN=True)
+  changed = _train(methods.Lora, LORA_FFN=True)
   # lora_b starts at zero so lora_a gets no gradient on the first step; both move later.
   assert any(changed.values())
   for path, did in changed.items():
@@ -86,5 +83,5 @@ def test_lora_changes_only_lora_variables():
 
 
 def test_full_finetuning_changes_everything():
-  changed = _train(METHOD=experiment.FULL)
+  changed = _train(methods.FullFinetune)
   assert all(changed.values()), [p for p, c in changed.items() if not c]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 
+import fiddle as fdl
 from flax import traverse_util
 import jax
 from jax import numpy as jnp
@@ -467,3 +469,66 @@ def test_jitted_forward_on_mesh():
   assert np.all(np.isfinite(np.asarray(logits)))
   np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-4, atol=1e-4)
   assert abs(float(xent) - want_xent) < 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# The LoraLayer mixin.
+
+_LORA_CLASSES = [
+    (lora.LoraAttentionProjection, attentions.AttentionProjection, {'lora_output_projection'}),
+    (lora.LoraCombinedQKVProjection, attentions.CombinedQKVProjectionLayer, set()),
+    (lora.LoraLinear, linears.Linear, set()),
+    (lora.LoraEmbedding, embedding_softmax.Embedding, set()),
+    (lora.LoraSharedEmbeddingSoftmax, embedding_softmax.SharedEmbeddingSoftmax,
+     {'lora_in_softmax'}),
+]
+
+
+@pytest.mark.parametrize('lora_cls,base_cls,own_fields', _LORA_CLASSES,
+                         ids=[c[0].__name__ for c in _LORA_CLASSES])
+def test_mixin_fields(lora_cls, base_cls, own_fields):
+  assert issubclass(lora_cls, lora.LoraLayer) and issubclass(lora_cls, base_cls)
+  fields = {f.name: f for f in dataclasses.fields(lora_cls)}
+  base_fields = {f.name: f for f in dataclasses.fields(base_cls)}
+  shared = {'lora_rank', 'lora_alpha', 'lora_a_init'}
+  assert set(fields) == set(base_fields) | shared | own_fields
+  # The mixin (a BaseLayer too) must not shadow the praxis layer's defaults, e.g. Embedding's
+  # ActivationSharding with emb_out_split_dims_mapping.
+  for name, f in base_fields.items():
+    assert fields[name].default is f.default, name
+    assert fields[name].default_factory is f.default_factory, name
+  cfg = pax_fiddle.Config(lora_cls)
+  assert cfg.lora_rank == 0 and cfg.lora_alpha is None and cfg.lora_a_init is None
+  base_cfg = pax_fiddle.Config(base_cls)
+  assert fdl.get_callable(cfg.activation_split_dims_mapping) is fdl.get_callable(
+      base_cfg.activation_split_dims_mapping)
+  assert fdl.get_callable(cfg.weight_split_dims_mapping) is fdl.get_callable(
+      base_cfg.weight_split_dims_mapping)
+
+
+def test_mixin_scale_and_rank_check():
+  kw = dict(name='linear', input_dims=D, output_dims=F)
+  x = np.ones((B, D), np.float32)
+  for alpha, scale in ((None, 1.0), (ALPHA, SCALE)):
+    layer = pax_fiddle.instantiate(
+        pax_fiddle.Config(lora.LoraLinear, lora_rank=RANK, lora_alpha=alpha, **kw))
+    assert layer.lora_scale == scale
+  layer = pax_fiddle.instantiate(pax_fiddle.Config(lora.LoraLinear, **kw))  # lora_rank 0
+  with base_layer.JaxContext.new_context():
+    with pytest.raises(ValueError, match='lora_rank must be > 0'):
+      layer.init(jax.random.PRNGKey(0), x)
+
+
+def test_default_lora_a_init_std():
+  # Gaussian with std 1/sqrt(fan-in): D for q/k/v, 1 for an embedding table.
+  layer = pax_fiddle.instantiate(pax_fiddle.Config(
+      lora.LoraCombinedQKVProjection, name='qkv', input_dim=256, num_heads=N, dim_per_head=H,
+      lora_rank=64))
+  emb = pax_fiddle.instantiate(pax_fiddle.Config(
+      lora.LoraEmbedding, name='emb', num_classes=256, input_dims=D, lora_rank=64))
+  with base_layer.JaxContext.new_context():
+    a = _flat(layer.init(jax.random.PRNGKey(0), np.ones((B, 256), np.float32)))['params/lora_a']
+    e = _flat(emb.init(jax.random.PRNGKey(0), np.zeros((B,), np.int32),
+                       method=emb.emb_lookup))['params/lora_a']
+  assert abs(np.std(a) - 256**-0.5) < 0.1 * 256**-0.5
+  assert abs(np.std(e) - 1.0) < 0.1

@@ -1,8 +1,15 @@
 """The paper's recipes at a size that trains in seconds, on the fixture corpus (test-only)."""
 
+import collections
+import os
+import time
+
 from jax import numpy as jnp
+from praxis import pax_fiddle
 
 from mode import recipes
+from mode import studies
+from mode_pax import registry
 
 
 class TinyScale:
@@ -28,6 +35,41 @@ class TinyScale:
   LORA_RANK = 4
 
 
-globals().update(recipes.register_all(
-    TinyScale, __name__, lora_ranks=(2,), code_sizes=(10,), mixture_sizes=(20,),
-    expert_layer_counts=(1,)))
+SWEEPS = studies.Sweeps(lora_ranks=(2,), code_sizes=(10,), mixture_sizes=(20,),
+                        expert_layer_counts=(1,))
+globals().update(recipes.register_all(TinyScale, __name__, SWEEPS))
+
+
+# Interrupting a run at a known point, for the resume test: the training input stops serving
+# batches (blocks) after MODE_PAX_TEST_PAUSE_AFTER_BATCHES of them, so the test can kill the
+# paxml.main process while it waits, after its step-2 checkpoint and before its last step.
+PAUSE_ENV = 'MODE_PAX_TEST_PAUSE_AFTER_BATCHES'
+_served = collections.Counter()
+
+
+def _pausing(input_cls):
+  class PausingInput(input_cls):
+
+    def get_next(self):
+      pause_after = int(os.environ.get(PAUSE_ENV, '0'))
+      if pause_after and _served[id(self)] >= pause_after:
+        print(f'{PAUSE_ENV}: paused after {pause_after} batches', flush=True)
+        while True:
+          time.sleep(60)
+      _served[id(self)] += 1
+      return super().get_next()
+
+  return PausingInput
+
+
+class ResumableMathExpert(MathExpert):  # pylint: disable=undefined-variable
+  """MathExpert for 6 steps, checkpoints every 2; its training input can pause (PAUSE_ENV)."""
+  MAX_STEPS = 6
+
+  def datasets(self):
+    train, *evals = super().datasets()
+    pausing = pax_fiddle.Config(_pausing(pax_fiddle.get_callable(train)), **train.__arguments__)
+    return [pausing] + evals
+
+
+registry.register([ResumableMathExpert])

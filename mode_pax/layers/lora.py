@@ -1,8 +1,9 @@
 """LoRA (Hu et al. 2021, arXiv 2106.09685) layers for praxis 1.4.0: the MoDE paper's baseline.
 
 The MoDE paper (Table 1 and Appendix A, Table 2) compares against LoRA on the attention
-matrices, optionally also on the FFN and on the token embeddings. praxis 1.4.0 has no LoRA layer,
-so each layer here subclasses the praxis layer it adapts and adds a low-rank delta to its output:
+matrices, optionally also on the FFN and on the token embeddings. Each layer here subclasses the
+praxis layer it adapts (and `LoraLayer`, the mixin with the shared fields lora_rank, lora_alpha,
+lora_a_init) and adds a low-rank delta to its output:
 
   y = base(x) + (lora_alpha / lora_rank) * (x @ lora_a) @ lora_b
 
@@ -43,6 +44,21 @@ table: logits += s * (x @ lora_b^T) @ lora_a^T).
 
 Sharding: lora_a shares the base weight's sharding on its input dims, lora_b on its output dims;
 the rank dim is replicated.
+
+Why not praxis' own LoRA: praxis 1.4.0 has LoRA only in `praxis.layers.quantization`, as
+LinearLoRA and AttentionProjectionLoRA, subclasses of its quantized Linear / AttentionProjection
+(with their default `quantization` the base weight is int8 `w` plus `w_quantized_scale`;
+`quantization=None` keeps a float `w`). They do not cover this baseline:
+  - no LoRA for CombinedQKVProjectionLayer (paxml's TransformerLmSpmdAdafactor defaults to
+    COMBINE_QKV=True), nor for Embedding or SharedEmbeddingSoftmax;
+  - AttentionProjectionLoRA fails in setup with attention_combine_dims, and on the output
+    projection it is not a rank-r factorisation of the [N*H, D] weight: r replaces only the
+    larger of N, H (for H > N: w_left [H, r], w_right [D, N, r]; rank up to N * r), or both
+    with max_reduction=False (w_left [N, H, r, r], w_right [D, r, r]);
+  - no alpha / rank scaling; by default (init_method='one_zero') w_left starts Gaussian with
+    std 1, not 1/sqrt(fan-in), and w_right at zero ('output_dim' starts both nonzero);
+  - their variables are w_left / w_right, not lora_a / lora_b (LORA_VARIABLES_REGEX, the
+    experiments' checkpoints).
 """
 
 from __future__ import annotations
@@ -71,50 +87,6 @@ WeightInit = base_layer.WeightInit
 LORA_VARIABLES_REGEX = r'.*/lora_[ab]$'
 
 
-def _lora_scaling(layer) -> float:
-  """lora_alpha / lora_rank (lora_alpha None means lora_alpha = lora_rank)."""
-  alpha = layer.lora_rank if layer.lora_alpha is None else layer.lora_alpha
-  return float(alpha) / float(layer.lora_rank)
-
-
-def _base_split(layer: base_layer.BaseLayer, var_name: str) -> Sequence | None:
-  """The tensor_split_dims_mapping praxis gave the layer's base variable `var_name`."""
-  # pylint: disable-next=protected-access
-  return layer._weight_hparams[var_name].tensor_split_dims_mapping
-
-
-def _create_lora_variables(
-    layer: base_layer.BaseLayer,
-    a_shape: Sequence[int],
-    b_shape: Sequence[int],
-    a_split: Sequence | None,
-    b_split: Sequence | None,
-    a_fan_in: int,
-) -> None:
-  """Creates lora_a (Gaussian, std 1/sqrt(a_fan_in) by default) and lora_b (zeros)."""
-  if layer.lora_rank <= 0:
-    raise ValueError(f'{type(layer).__name__}: lora_rank must be > 0, got {layer.lora_rank}.')
-  a_init = layer.lora_a_init or WeightInit.Gaussian(float(a_fan_in) ** -0.5)
-  layer.create_variable(
-      'lora_a',
-      WeightHParams(
-          shape=list(a_shape),
-          init=a_init,
-          mesh_shape=layer.mesh_shape,
-          tensor_split_dims_mapping=a_split,
-      ),
-  )
-  layer.create_variable(
-      'lora_b',
-      WeightHParams(
-          shape=list(b_shape),
-          init=WeightInit.Constant(0.0),
-          mesh_shape=layer.mesh_shape,
-          tensor_split_dims_mapping=b_split,
-      ),
-  )
-
-
 def _split(base_split: Sequence | None, dims: Sequence[int | None]) -> list | None:
   """Picks entries of a base split mapping; None in `dims` means a replicated (rank) dim."""
   if base_split is None:
@@ -122,20 +94,80 @@ def _split(base_split: Sequence | None, dims: Sequence[int | None]) -> list | No
   return [None if d is None else base_split[d] for d in dims]
 
 
-class LoraAttentionProjection(attentions.AttentionProjection):
-  """AttentionProjection (q/k/v or output projection) with a LoRA delta.
+class LoraLayer(base_layer.BaseLayer):
+  """Fields and helpers shared by the LoRA layers below (a mixin).
+
+  Each LoRA layer is `class LoraX(praxis_layer.X, LoraLayer)`, the praxis layer first, as in
+  praxis' own `quantization.Linear(linears.Linear, QuantizationLayer, ...)`. The order matters:
+  dataclass fields are collected along the reversed MRO, and this mixin, being a BaseLayer, carries
+  BaseLayer's defaults of the `*_split_dims_mapping` fields; listed first it would replace the
+  praxis layer's own ActivationSharding (Linear's, Embedding's, ...) with BaseLayer's.
 
   Attributes:
     lora_rank: Rank r of the low-rank delta.
     lora_alpha: The delta is scaled by lora_alpha / lora_rank (None: lora_alpha = lora_rank).
-    lora_a_init: Init of lora_a; default Gaussian with std 1/sqrt(fan-in of the projection).
-    lora_output_projection: Whether to adapt the layer when is_output_projection=True (the
-      attention `post` layer shares its template with q/k/v); if False it is the base layer.
+    lora_a_init: Init of lora_a; default Gaussian with std 1/sqrt(fan-in of the adapted weight)
+      (std 1 for an embedding table: a lookup has fan-in 1).
   """
 
   lora_rank: int = 0
   lora_alpha: float | None = None
   lora_a_init: WeightInit | None = None
+
+  @property
+  def lora_scale(self) -> float:
+    """lora_alpha / lora_rank."""
+    alpha = self.lora_rank if self.lora_alpha is None else self.lora_alpha
+    return float(alpha) / float(self.lora_rank)
+
+  def _base_split(self, var_name: str) -> Sequence | None:
+    """The tensor_split_dims_mapping praxis gave the base variable `var_name`."""
+    return self._weight_hparams[var_name].tensor_split_dims_mapping
+
+  def create_lora_variables(
+      self,
+      a_shape: Sequence[int],
+      b_shape: Sequence[int],
+      a_fan_in: int,
+      base_split: Sequence | None,
+      a_dims: Sequence[int | None],
+      b_dims: Sequence[int | None],
+  ) -> None:
+    """Creates lora_a (Gaussian, std 1/sqrt(a_fan_in) by default) and lora_b (zeros).
+
+    Args:
+      a_shape: Shape of lora_a.
+      b_shape: Shape of lora_b.
+      a_fan_in: Fan-in of the adapted weight, for lora_a's default init.
+      base_split: tensor_split_dims_mapping of the adapted weight.
+      a_dims: For each dim of lora_a, the dim of the adapted weight whose sharding it takes, or
+        None (the rank dim: replicated).
+      b_dims: The same for lora_b.
+    """
+    if self.lora_rank <= 0:
+      raise ValueError(f'{type(self).__name__}: lora_rank must be > 0, got {self.lora_rank}.')
+    a_init = self.lora_a_init or WeightInit.Gaussian(float(a_fan_in) ** -0.5)
+    for name, shape, init, dims in (('lora_a', a_shape, a_init, a_dims),
+                                    ('lora_b', b_shape, WeightInit.Constant(0.0), b_dims)):
+      self.create_variable(
+          name,
+          WeightHParams(
+              shape=list(shape),
+              init=init,
+              mesh_shape=self.mesh_shape,
+              tensor_split_dims_mapping=_split(base_split, dims),
+          ),
+      )
+
+
+class LoraAttentionProjection(attentions.AttentionProjection, LoraLayer):
+  """AttentionProjection (q/k/v or output projection) with a LoRA delta.
+
+  Attributes:
+    lora_output_projection: Whether to adapt the layer when is_output_projection=True (the
+      attention `post` layer shares its template with q/k/v); if False it is the base layer.
+  """
+
   lora_output_projection: bool = True
 
   @property
@@ -152,16 +184,16 @@ class LoraAttentionProjection(attentions.AttentionProjection):
     else:
       hd_shape = [self.num_heads, self.dim_per_head]
     n_hd = len(hd_shape)
-    wt = _base_split(self, 'w')
+    wt = self._base_split('w')
     if not self.is_output_projection:
       # w: [D] + hd_shape.
-      _create_lora_variables(
-          self,
+      self.create_lora_variables(
           a_shape=[self.input_dim, r],
           b_shape=[r] + hd_shape,
-          a_split=_split(wt, [0, None]),
-          b_split=_split(wt, [None] + list(range(1, 1 + n_hd))),
           a_fan_in=self.input_dim,
+          base_split=wt,
+          a_dims=[0, None],
+          b_dims=[None] + list(range(1, 1 + n_hd)),
       )
     else:
       # w: [D] + hd_shape, or hd_shape + [D] with use_nhd_shape.
@@ -169,13 +201,13 @@ class LoraAttentionProjection(attentions.AttentionProjection):
         hd_dims, d_dim = list(range(n_hd)), n_hd
       else:
         hd_dims, d_dim = list(range(1, 1 + n_hd)), 0
-      _create_lora_variables(
-          self,
+      self.create_lora_variables(
           a_shape=hd_shape + [r],
           b_shape=[r, self.input_dim],
-          a_split=_split(wt, hd_dims + [None]),
-          b_split=_split(wt, [None, d_dim]),
           a_fan_in=self.num_heads * self.dim_per_head,
+          base_split=wt,
+          a_dims=hd_dims + [None],
+          b_dims=[None, d_dim],
       )
 
   def lora_delta(self, inputs: JTensor) -> JTensor:
@@ -184,11 +216,11 @@ class LoraAttentionProjection(attentions.AttentionProjection):
     x = self._cast_to_fprop_dtype(inputs)
     n, h = self.num_heads, self.dim_per_head
     if not self.is_output_projection:
-      mid = jnp.einsum('...D,Dr->...r', x, theta.lora_a) * _lora_scaling(self)
+      mid = jnp.einsum('...D,Dr->...r', x, theta.lora_a) * self.lora_scale
       b = jnp.reshape(theta.lora_b, [self.lora_rank, n, h])
       return jnp.einsum('...r,rNH->...NH', mid, b)
     a = jnp.reshape(theta.lora_a, [n, h, self.lora_rank])
-    mid = jnp.einsum('...NH,NHr->...r', x, a) * _lora_scaling(self)
+    mid = jnp.einsum('...NH,NHr->...r', x, a) * self.lora_scale
     return jnp.einsum('...r,rD->...D', mid, theta.lora_b)
 
   def __call__(self, inputs: JTensor) -> JTensor:
@@ -198,18 +230,8 @@ class LoraAttentionProjection(attentions.AttentionProjection):
     return out + self.lora_delta(inputs).astype(out.dtype)
 
 
-class LoraCombinedQKVProjection(attentions.CombinedQKVProjectionLayer):
-  """CombinedQKVProjectionLayer with one LoRA delta for each of q, k and v.
-
-  Attributes:
-    lora_rank: Rank r of each low-rank delta.
-    lora_alpha: The deltas are scaled by lora_alpha / lora_rank (None: lora_alpha = lora_rank).
-    lora_a_init: Init of lora_a; default Gaussian with std 1/sqrt(input_dim).
-  """
-
-  lora_rank: int = 0
-  lora_alpha: float | None = None
-  lora_a_init: WeightInit | None = None
+class LoraCombinedQKVProjection(attentions.CombinedQKVProjectionLayer, LoraLayer):
+  """CombinedQKVProjectionLayer with one LoRA delta (of rank lora_rank) for each of q, k and v."""
 
   def setup(self) -> None:
     super().setup()
@@ -218,21 +240,20 @@ class LoraCombinedQKVProjection(attentions.CombinedQKVProjectionLayer):
       hd_shape = [self.num_heads * self.dim_per_head]
     else:
       hd_shape = [self.num_heads, self.dim_per_head]
-    wt = _base_split(self, 'w')  # [3, D] + hd_shape
-    _create_lora_variables(
-        self,
+    self.create_lora_variables(
         a_shape=[3, self.input_dim, r],
         b_shape=[3, r] + hd_shape,
-        a_split=_split(wt, [0, 1, None]),
-        b_split=_split(wt, [0, None] + list(range(2, 2 + len(hd_shape)))),
         a_fan_in=self.input_dim,
+        base_split=self._base_split('w'),  # [3, D] + hd_shape
+        a_dims=[0, 1, None],
+        b_dims=[0, None] + list(range(2, 2 + len(hd_shape))),
     )
 
   def lora_delta(self, inputs: JTensor) -> JTensor:
     """The q, k, v deltas stacked: [3, ..., num_heads, dim_per_head]."""
     theta = self.theta
     x = self._cast_to_fprop_dtype(inputs)
-    mid = jnp.einsum('...D,KDr->...Kr', x, theta.lora_a) * _lora_scaling(self)
+    mid = jnp.einsum('...D,KDr->...Kr', x, theta.lora_a) * self.lora_scale
     b = jnp.reshape(theta.lora_b, [3, self.lora_rank, self.num_heads, self.dim_per_head])
     delta = jnp.einsum('...Kr,KrNH->...KNH', mid, b)
     return jnp.moveaxis(delta, -3, 0)
@@ -243,34 +264,23 @@ class LoraCombinedQKVProjection(attentions.CombinedQKVProjectionLayer):
     return query_proj + delta[0], key_proj + delta[1], value_proj + delta[2]
 
 
-class LoraLinear(linears.Linear):
-  """Linear layer (no bias) with a LoRA delta; the FFN's `fflayer_tpl.linear_tpl`.
-
-  Attributes:
-    lora_rank: Rank r of the low-rank delta.
-    lora_alpha: The delta is scaled by lora_alpha / lora_rank (None: lora_alpha = lora_rank).
-    lora_a_init: Init of lora_a; default Gaussian with std 1/sqrt(input_dims).
-  """
-
-  lora_rank: int = 0
-  lora_alpha: float | None = None
-  lora_a_init: WeightInit | None = None
+class LoraLinear(linears.Linear, LoraLayer):
+  """Linear layer (no bias) with a LoRA delta; the FFN's `fflayer_tpl.linear_tpl`."""
 
   def setup(self) -> None:
     super().setup()
-    wt = _base_split(self, 'w')  # [input_dims, output_dims]
-    _create_lora_variables(
-        self,
+    self.create_lora_variables(
         a_shape=[self.input_dims, self.lora_rank],
         b_shape=[self.lora_rank, self.output_dims],
-        a_split=_split(wt, [0, None]),
-        b_split=_split(wt, [None, 1]),
         a_fan_in=self.input_dims,
+        base_split=self._base_split('w'),  # [input_dims, output_dims]
+        a_dims=[0, None],
+        b_dims=[None, 1],
     )
 
   def lora_delta(self, inputs: JTensor) -> JTensor:
     theta = self.theta
-    mid = jnp.einsum('...y,yr->...r', inputs, theta.lora_a) * _lora_scaling(self)
+    mid = jnp.einsum('...y,yr->...r', inputs, theta.lora_a) * self.lora_scale
     return jnp.einsum('...r,rz->...z', mid, theta.lora_b)
 
   def __call__(self, inputs: JTensor) -> JTensor:
@@ -278,8 +288,12 @@ class LoraLinear(linears.Linear):
     return out + self.lora_delta(inputs).astype(out.dtype)
 
 
-def _embedding_lora_delta(layer, ids: JTensor) -> JTensor:
-  """Rows `ids` of s * lora_a @ lora_b, scaled like the base lookup; [..., input_dims]."""
+def _add_embedding_lora(layer: LoraLayer, embs: JTensor, ids: JTensor) -> JTensor:
+  """The base lookup `embs` plus rows `ids` of s * lora_a @ lora_b, scaled like the lookup.
+
+  Shared by the two embedding layers; it uses their common fields (lookup_style, num_classes,
+  scale_sqrt_depth, input_dims), which the mixin does not have.
+  """
   theta = layer.theta
   if layer.lookup_style == 'index':
     rows = jnp.asarray(theta.lora_a)[ids]
@@ -288,88 +302,65 @@ def _embedding_lora_delta(layer, ids: JTensor) -> JTensor:
     rows = jnp.einsum('...y,yr->...r', one_hot_ids, theta.lora_a)
   else:
     raise ValueError('Unknown lookup style.')
-  delta = jnp.einsum('...r,rz->...z', rows * _lora_scaling(layer), theta.lora_b)
+  delta = jnp.einsum('...r,rz->...z', rows * layer.lora_scale, theta.lora_b)
   if layer.scale_sqrt_depth:
     delta *= layer.input_dims**0.5
-  return delta
+  return base_layer.maybe_shard(
+      embs + delta.astype(embs.dtype),
+      layer.activation_split_dims_mapping.emb_out_split_dims_mapping, layer.mesh_axis_names)
 
 
-class LoraEmbedding(embedding_softmax.Embedding):
+class LoraEmbedding(embedding_softmax.Embedding, LoraLayer):
   """Embedding (separate lookup table, `TransformerLm.separate_embedding_tpl`) with LoRA.
 
-  The lookup returns rows of emb_var + (lora_alpha / lora_rank) * lora_a @ lora_b.
-
-  Attributes:
-    lora_rank: Rank r of the low-rank delta.
-    lora_alpha: The delta is scaled by lora_alpha / lora_rank (None: lora_alpha = lora_rank).
-    lora_a_init: Init of lora_a [num_classes, r]; default Gaussian with std 1 (a lookup has
-      fan-in 1).
+  The lookup returns rows of emb_var + (lora_alpha / lora_rank) * lora_a @ lora_b, where
+  lora_a is [num_classes, r] and lora_b [r, input_dims].
   """
-
-  lora_rank: int = 0
-  lora_alpha: float | None = None
-  lora_a_init: WeightInit | None = None
 
   def setup(self) -> None:
     super().setup()
-    wt = _base_split(self, 'emb_var')  # [num_classes, input_dims]
-    _create_lora_variables(
-        self,
+    self.create_lora_variables(
         a_shape=[self.num_classes, self.lora_rank],
         b_shape=[self.lora_rank, self.input_dims],
-        a_split=_split(wt, [0, None]),
-        b_split=_split(wt, [None, 1]),
         a_fan_in=1,
+        base_split=self._base_split('emb_var'),  # [num_classes, input_dims]
+        a_dims=[0, None],
+        b_dims=[None, 1],
     )
 
   def emb_lookup(self, ids: JTensor) -> JTensor:
-    embs = super().emb_lookup(ids)
-    embs = embs + _embedding_lora_delta(self, ids).astype(embs.dtype)
-    return base_layer.maybe_shard(
-        embs, self.activation_split_dims_mapping.emb_out_split_dims_mapping,
-        self.mesh_axis_names)
+    return _add_embedding_lora(self, super().emb_lookup(ids), ids)
 
 
-class LoraSharedEmbeddingSoftmax(embedding_softmax.SharedEmbeddingSoftmax):
+class LoraSharedEmbeddingSoftmax(embedding_softmax.SharedEmbeddingSoftmax, LoraLayer):
   """SharedEmbeddingSoftmax (TransformerLm's default softmax) with LoRA on its table.
 
   The table is logits_ffn/linear/w [input_dims, num_classes] (= E^T). The lookup returns rows of
-  E + (lora_alpha / lora_rank) * lora_a @ lora_b; the softmax uses the base table unless
-  lora_in_softmax.
+  E + (lora_alpha / lora_rank) * lora_a @ lora_b (lora_a [num_classes, r], lora_b
+  [r, input_dims]); the softmax uses the base table unless lora_in_softmax.
 
   Attributes:
-    lora_rank: Rank r of the low-rank delta.
-    lora_alpha: The delta is scaled by lora_alpha / lora_rank (None: lora_alpha = lora_rank).
-    lora_a_init: Init of lora_a [num_classes, r]; default Gaussian with std 1.
     lora_in_softmax: Also apply the delta to the softmax weights (tied), not just the lookup.
   """
 
-  lora_rank: int = 0
-  lora_alpha: float | None = None
-  lora_a_init: WeightInit | None = None
   lora_in_softmax: bool = False
 
   def setup(self) -> None:
     super().setup()
     if self.feed_forward_tpl is None:
       raise ValueError('LoraSharedEmbeddingSoftmax needs feed_forward_tpl (the shared table).')
-    # The table's sharding is the softmax's wt, for logits_ffn/linear/w [input_dims, num_classes].
-    wt = self.weight_split_dims_mapping.wt
-    _create_lora_variables(
-        self,
+    self.create_lora_variables(
         a_shape=[self.num_classes, self.lora_rank],
         b_shape=[self.lora_rank, self.input_dims],
-        a_split=_split(wt, [1, None]),
-        b_split=_split(wt, [None, 0]),
         a_fan_in=1,
+        # The table's sharding is the softmax's wt, for logits_ffn/linear/w [D, num_classes].
+        base_split=self.weight_split_dims_mapping.wt,
+        a_dims=[1, None],
+        b_dims=[None, 0],
     )
 
   def emb_lookup(self, ids: JTensor) -> JTensor:
-    embs = super().emb_lookup(ids)
-    embs = embs + _embedding_lora_delta(self, ids).astype(embs.dtype)
-    return base_layer.maybe_shard(
-        embs, self.activation_split_dims_mapping.emb_out_split_dims_mapping,
-        self.mesh_axis_names)
+    return _add_embedding_lora(self, super().emb_lookup(ids), ids)
 
   def get_logits(self, inputs: JTensor, input_ids: JTensor | None = None) -> JTensor:
     """FullSoftmax.get_logits, plus the tied delta before the soft cap if lora_in_softmax."""
@@ -380,7 +371,7 @@ class LoraSharedEmbeddingSoftmax(embedding_softmax.SharedEmbeddingSoftmax):
       inputs *= self.input_dims**-0.5
     logits = self.logits_ffn(inputs)
     theta = self.theta
-    mid = jnp.einsum('...z,rz->...r', inputs, theta.lora_b) * _lora_scaling(self)
+    mid = jnp.einsum('...z,rz->...r', inputs, theta.lora_b) * self.lora_scale
     logits = logits + jnp.einsum('...r,yr->...y', mid, theta.lora_a).astype(logits.dtype)
     if self.soft_cap_logits:
       logits = self.soft_cap_logits * jnp.tanh(logits / self.soft_cap_logits)

@@ -1,19 +1,18 @@
 """Building the MPMD runtime (or its SPMD reference) from a registered Pax experiment.
 
-An experiment is an `LmExperiment` with METHOD = MODE; the sharding-study experiments
+An experiment is a `methods.MoDE` experiment; the sharding-study experiments
 (`experiments/sharding.py`) add MESH_PLAN (a preset name or a spec such as '0-3|4|5|6|7') and
 NUM_DEVICES.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Sequence
 
 import jax
 import optax
-from paxml import experiment_registry
 
+from mode_pax import registry
 from mode_pax.mpmd import model as model_lib
 from mode_pax.mpmd import plan as plan_lib
 from mode_pax.mpmd import runtime
@@ -21,28 +20,9 @@ from mode_pax.mpmd import spmd
 from mode_pax.mpmd import transfer
 
 
-def resolve_experiment(name: str) -> type:
-  """An experiment class from 'module.Class' or a name in paxml's registry (e.g. 'mode.X')."""
-  cls = experiment_registry.get(name)
-  if cls is None and '.' in name:
-    module, attr = name.rsplit('.', 1)
-    try:
-      cls = getattr(importlib.import_module(module), attr, None)
-    except ImportError:
-      cls = None
-    if cls is None:
-      cls = experiment_registry.get(name)
-  if cls is None:
-    raise ValueError(f'unknown experiment {name!r}: give module.Class (e.g. '
-                     'mode.sharding.ShardingMesh5Small) or a registered name.')
-  return cls
-
-
 def experiment_instance(exp) -> object:
-  exp = resolve_experiment(exp) if isinstance(exp, str) else exp
-  exp = exp() if isinstance(exp, type) else exp
-  exp.BUILD_FOR_RUN = False  # the MPMD runtime takes its variables through init_state
-  return exp
+  exp = registry.lookup(exp) if isinstance(exp, str) else exp
+  return exp() if isinstance(exp, type) else exp
 
 
 def pieces_of(exp) -> tuple[model_lib.MoDEPieces, object]:

@@ -21,16 +21,16 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from flax import traverse_util
 from jax import numpy as jnp
-from praxis import base_hyperparams
 from praxis import base_layer
 from praxis import pax_fiddle
 from praxis import py_utils
 from praxis.layers import attentions
 from praxis.layers import transformer_models
 
+from mode_pax import lm_batch
 from mode_pax.layers import mode
+from mode_pax.trees import flatten, unflatten  # pylint: disable=g-importing-member
 from mode_pax.mpmd import plan as plan_lib
 
 NestedMap = py_utils.NestedMap
@@ -38,14 +38,6 @@ Flat = dict[str, Any]
 
 TRANSFORMER = 'params/lm/transformer/'
 _BRANCH_RE = re.compile(r'params/lm/transformer/blocks_(\d+)/(backbone|gate|experts_(\d+))/(.*)')
-
-
-def flatten(variables) -> Flat:
-  return traverse_util.flatten_dict(variables, sep='/')
-
-
-def unflatten(flat: Flat):
-  return traverse_util.unflatten_dict(flat, sep='/')
 
 
 def branch_prefix(block: int, branch: str) -> str:
@@ -70,7 +62,7 @@ class MoDEPieces:
     lm_tpl = model_tpl.lm_tpl
     if pax_fiddle.get_callable(lm_tpl) is not mode.MoDELm:
       raise ValueError('The MPMD runtime needs a LanguageModel whose lm_tpl is a MoDELm '
-                       '(an LmExperiment with METHOD = MODE).')
+                       '(a mode_pax.methods.MoDE experiment).')
     stack = lm_tpl.stacked_transformer_tpl
     if stack.num_domain_experts < 1:
       raise ValueError('The MPMD runtime places experts on meshes: NUM_DOMAIN_EXPERTS must be '
@@ -208,9 +200,7 @@ class MoDEPieces:
 
 def input_specs(batch_size: int, seq_len: int) -> NestedMap:
   """ShapeDtypeStructs of a Pax LM batch."""
-  from mode_pax import experiment  # pylint: disable=g-import-not-at-top
-  return base_hyperparams.instantiate(pax_fiddle.Config(
-      experiment.LmInputSpecs, batch_size=batch_size, seq_len=seq_len)).get_input_specs()
+  return lm_batch.lm_batch_specs(batch_size, seq_len)
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab: int, seed: int = 0) -> NestedMap:

@@ -2,10 +2,10 @@
 
 from jax import numpy as jnp
 
-from mode_pax import experiment
+from mode_pax import methods
 
 
-class TinyMoDE(experiment.LmExperiment):
+class TinyMoDE(methods.MoDE):
   """d=32, 8 heads (model parallel over up to 8 devices), 2 blocks x (2 backbone layers,
   4 experts of 1 layer); no checkpoint to warm-start from."""
   NUM_LAYERS = 4
@@ -21,7 +21,6 @@ class TinyMoDE(experiment.LmExperiment):
   ICI_MESH_SHAPE = [1, 1, 8]
   TRAIN_BATCH_SIZE = 2
   SEQUENCE_LENGTH = 8
-  BUILD_FOR_RUN = False
   MESH_PLAN = 'mesh5'
   NUM_DEVICES = 8
 

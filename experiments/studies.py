@@ -1,0 +1,160 @@
+"""The paper's studies (Tables 2-3, Figures 3 and 5), each declared once: its runs, its table
+columns and its figure. `recipes.register_all` registers the runs at each scale;
+`python -m mode_pax.studies --study=NAME` trains, evaluates and writes the table and figure.
+
+A study's runs are variants of the recipes (a new registered name: recipe + class attributes)
+plus recipes that are points of the study as they are (e.g. the all-examples point of Figure 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from mode_pax.data import tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweeps:
+  """The studies' settings at one scale."""
+  lora_ranks: tuple[int, ...]
+  code_sizes: tuple[int, ...]  # Code training examples (Figure 3, right)
+  mixture_sizes: tuple[int, ...]  # Math+Code training examples (Figure 5)
+  expert_layer_counts: tuple[int, ...]  # expert layers per block at 3 blocks (Figure 3, left)
+
+
+Variants = dict[str, tuple[str, dict[str, Any]]]  # name -> (recipe name, class attributes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """One study of the paper.
+
+  Attributes:
+    name: --study=NAME; results go to results/<name>_<scale>.{md,csv,png}.
+    variants: sweeps -> the runs this study adds.
+    includes: recipes that are runs of the study as registered.
+    columns: the table's setting columns: (header, experiment -> value).
+    group: experiment -> the figure's curve.
+    x: (experiment, parameter count) -> the figure's x value.
+    xlabel: the figure's x-axis label.
+    logx: log-scale x axis.
+    panels: the figure's panels: (label, metric key) each.
+    sort: experiment -> sort key of the table's rows (default: group, then x).
+  """
+  name: str
+  variants: Callable[[Sweeps], Variants]
+  columns: tuple[tuple[str, Callable[[type], Any]], ...]
+  group: Callable[[type], str]
+  x: Callable[[type, Any], float]
+  xlabel: str
+  logx: bool
+  panels: tuple[tuple[str, str], ...]
+  includes: tuple[str, ...] = ()
+  sort: Callable[[type], Any] | None = None
+
+  def runs(self, sweeps: Sweeps) -> list[str]:
+    """Names of the study's runs at a scale, sorted."""
+    return sorted(set(self.variants(sweeps)) | set(self.includes))
+
+
+CODE_ENGLISH = (('Code', 'code'), ('English', 'english'))
+ALL_DOMAINS = (('Math', 'math'), ('Code', 'code'), ('English', 'english'), ('Average', 'average'))
+_yes_no = lambda flag: 'yes' if flag else 'no'
+
+
+def _lora_options(exp) -> str:
+  return 'attention' + ' + FFN' * exp.LORA_FFN + ' + embeddings' * exp.LORA_EMBEDDINGS
+
+
+def _table2_variants(s: Sweeps) -> Variants:
+  """LoRA rank sweep (attention only) and the FFN / embedding options at rank 16, on Code."""
+  v = {f'LoraCodeRank{r}': ('LoraCode', dict(LORA_RANK=r)) for r in s.lora_ranks}
+  for suffix, ffn, emb in (('Ffn', True, False), ('Emb', False, True), ('FfnEmb', True, True)):
+    v[f'LoraCodeRank16{suffix}'] = ('LoraCode', dict(LORA_FFN=ffn, LORA_EMBEDDINGS=emb))
+  return v
+
+
+def _mode_layout(blocks, layers):
+  return f'CodeExpertB{blocks}L{layers}', ('CodeExpert', dict(NUM_BLOCKS=blocks,
+                                                             EXPERT_LAYERS=layers))
+
+
+def _table3_variants(s: Sweeps) -> Variants:
+  """Blocks x expert layers per block, one new expert on Code."""
+  del s
+  return dict(_mode_layout(b, l) for b in (2, 3, 6) for l in (1, 2))
+
+
+def _figure3_params_variants(s: Sweeps) -> Variants:
+  """LoRA ranks against MoDE expert layers per block (3 blocks): accuracy vs added parameters."""
+  v = {k: x for k, x in _table2_variants(s).items() if k.removeprefix('LoraCodeRank').isdigit()}
+  v.update(_mode_layout(3, l) for l in s.expert_layer_counts)
+  return v
+
+
+def _figure3_examples_variants(s: Sweeps) -> Variants:
+  """Code training examples, same number of steps, MoDE and LoRA."""
+  v = {}
+  for n in s.code_sizes:
+    v[f'CodeExpertN{n}'] = ('CodeExpert', dict(TRAIN_DATA=f'{tasks.CODE}_n{n}'))
+    v[f'LoraCodeN{n}'] = ('LoraCode', dict(TRAIN_DATA=f'{tasks.CODE}_n{n}'))
+  return v
+
+
+FIGURE5_RECIPES = ('ComposeMathCode', 'FrozenExpertsMathCode', 'Uninitialized2xMathCode',
+                   'LoraMathCode', 'FullFinetuneMathCode')
+
+
+def _figure5_variants(s: Sweeps) -> Variants:
+  """Math+Code mixture examples for each Table 1 method."""
+  return {f'{r}N{n}': (r, dict(TRAIN_DATA=f'{tasks.MATH_CODE}_n{n}'))
+          for n in s.mixture_sizes for r in FIGURE5_RECIPES}
+
+
+def _train_examples(exp, count) -> int:
+  del count
+  return tasks.num_train_examples(exp.TRAIN_DATA)
+
+
+STUDIES = (
+    Study(name='table2', variants=_table2_variants,
+          columns=(('LoRA rank', lambda e: e.LORA_RANK), ('FFN', lambda e: _yes_no(e.LORA_FFN)),
+                   ('Embeddings', lambda e: _yes_no(e.LORA_EMBEDDINGS))),
+          group=lambda e: f'LoRA on {_lora_options(e)}', x=lambda e, c: e.LORA_RANK,
+          xlabel='LoRA rank', logx=True, panels=CODE_ENGLISH,
+          sort=lambda e: (e.LORA_FFN, e.LORA_EMBEDDINGS, e.LORA_RANK)),
+    Study(name='table3', variants=_table3_variants,
+          columns=(('Blocks', lambda e: e.NUM_BLOCKS),
+                   ('Expert layers per block', lambda e: e.EXPERT_LAYERS)),
+          group=lambda e: f'{e.EXPERT_LAYERS} expert layer(s) per block',
+          x=lambda e, c: e.NUM_BLOCKS, xlabel='MoDE blocks', logx=False, panels=CODE_ENGLISH,
+          sort=lambda e: (e.NUM_BLOCKS, e.EXPERT_LAYERS)),
+    Study(name='figure3_params', variants=_figure3_params_variants,
+          columns=(('Method', lambda e: e.METHOD_NAME),),
+          group=lambda e: e.METHOD_NAME + (' (rank)' if e.METHOD_NAME == 'LoRA'
+                                           else ' (expert layers per block)'),
+          x=lambda e, c: c.trainable, xlabel='trainable parameters', logx=True,
+          panels=(('Code', 'code'),)),
+    Study(name='figure3_examples', variants=_figure3_examples_variants,
+          includes=('CodeExpert', 'LoraCode'),
+          columns=(('Method', lambda e: e.METHOD_NAME),),
+          group=lambda e: e.METHOD_NAME, x=_train_examples, xlabel='Code training examples',
+          logx=True, panels=(('Code', 'code'),)),
+    Study(name='figure5', variants=_figure5_variants, includes=FIGURE5_RECIPES,
+          columns=(('Method', lambda e: e.LABEL),),
+          group=lambda e: e.LABEL, x=_train_examples, xlabel='Math + Code training examples',
+          logx=True, panels=ALL_DOMAINS),
+)
+BY_NAME = {s.name: s for s in STUDIES}
+
+
+def all_variants(sweeps: Sweeps) -> Variants:
+  """Every study's variants at a scale (a run shared by two studies is registered once)."""
+  out: Variants = {}
+  for study in STUDIES:
+    for name, spec in study.variants(sweeps).items():
+      if name in out and out[name] != spec:
+        raise ValueError(f'Study {study.name} defines {name} as {spec}, another as {out[name]}.')
+      out[name] = spec
+  return out

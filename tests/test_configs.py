@@ -1,0 +1,63 @@
+"""Building an experiment's config is pure: it reads no file and writes none.
+
+What needs the file system (upstream checkpoints, the data build, claiming the job_log_dir) is
+checked by `validate()`, which paxml.main calls before it runs anything.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from mode_pax import paths
+
+# Runs in a fresh interpreter: audit hooks cannot be removed once added.
+_PROBE = textwrap.dedent('''
+    import os, sys
+    from mode import small  # imports done before watching
+    from mode_pax import registry
+    import praxis.base_layer
+
+    touched = []
+    # Lazy imports read code (the environment, the repository's packages): not data.
+    code = (sys.prefix, sys.base_prefix) + tuple(
+        os.path.join(os.getcwd(), d) for d in ('mode_pax', 'experiments', 'tests'))
+    def _record(path):
+      path = os.fspath(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+      path = os.path.abspath(path.decode() if isinstance(path, bytes) else path)
+      if not path.startswith(code):
+        touched.append(path)
+
+    def hook(event, args):
+      if event in ('open', 'os.listdir', 'os.scandir', 'os.mkdir', 'os.rename', 'os.remove',
+                   'os.rmdir', 'shutil.rmtree', 'glob.glob'):
+        if args and isinstance(args[0], (str, bytes, os.PathLike)):
+          _record(args[0])
+    real_stat = os.stat
+    def stat(path, *a, **k):
+      _record(path)
+      return real_stat(path, *a, **k)
+
+    sys.addaudithook(hook)
+    os.stat = stat
+    for name in sys.argv[1:]:
+      exp = registry.lookup(name)()
+      task_p = exp.task()
+      exp.datasets()
+      assert task_p.train.init_from_checkpoint_rules or name.endswith('Backbone'), name
+    os.stat = real_stat
+    print('TOUCHED', touched)
+''')
+
+
+def test_building_configs_touches_no_file(tmp_path):
+  runs, data = tmp_path / 'runs', tmp_path / 'data'
+  names = ['mode.small.Backbone', 'mode.small.CodeExpert', 'mode.small.ComposeMathCode',
+           'mode.small.LoraMathCode', 'mode.small.FullFinetuneMathCode', 'mode.CodeExpert']
+  env = {**os.environ, 'MODE_PAX_RUNS': str(runs), 'MODE_PAX_DATA_DIR': str(data)}
+  proc = subprocess.run([sys.executable, '-c', _PROBE] + names, capture_output=True, text=True,
+                        env=env, cwd=paths.REPO_ROOT, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  touched = proc.stdout.split('TOUCHED', 1)[1].strip()
+  assert touched == '[]', touched
+  assert not runs.exists() and not data.exists()
