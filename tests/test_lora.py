@@ -7,7 +7,6 @@ import functools
 import re
 
 import fiddle as fdl
-from flax import traverse_util
 import jax
 from jax import numpy as jnp
 import numpy as np
@@ -21,6 +20,8 @@ from praxis.layers import linears
 from praxis.layers import transformers
 import pytest
 
+from mode_pax import lm_batch
+from mode_pax import trees
 from mode_pax.layers import lora
 
 L, D, F, V, N, H = 2, 32, 64, 64, 4, 8  # layers, model dims, hidden dims, vocab, heads, per head
@@ -52,19 +53,14 @@ def _model_p(combine_qkv=True, separate_embedding=False, repeated=False, mesh_sh
 def _batch(seed=0):
   rng = np.random.default_rng(seed)
   ids = rng.integers(0, V, (B, T)).astype(np.int32)
-  return py_utils.NestedMap(
-      ids=ids, labels=np.roll(ids, -1, axis=1).astype(np.int32),
-      weights=np.ones((B, T), np.float32), paddings=np.zeros((B, T), np.float32),
-      segment_ids=np.ones((B, T), np.int32),
-      segment_pos=np.tile(np.arange(T, dtype=np.int32), (B, 1)))
+  return lm_batch.lm_batch(ids, np.roll(ids, -1, axis=1))
 
 
 def _flat(variables):
-  return traverse_util.flatten_dict(jax.tree_util.tree_map(np.asarray, dict(variables)), sep='/')
+  return trees.flatten(jax.tree_util.tree_map(np.asarray, dict(variables)))
 
 
-def _unflat(flat):
-  return traverse_util.unflatten_dict(flat, sep='/')
+_unflat = trees.unflatten
 
 
 def _is_lora_path(path):
@@ -172,8 +168,8 @@ def test_regex_matches_exactly_the_lora_variables(option):
     var_hparams = model.abstract_init_with_metadata(_batch())
   # The matcher Pax uses for bprop_variable_inclusion.
   mask = py_utils.match_variable_names(var_hparams, lora.LORA_VARIABLES_REGEX)
-  flat_mask = traverse_util.flatten_dict(dict(mask), sep='/')
-  flat_hp = traverse_util.flatten_dict(dict(var_hparams), sep='/')
+  flat_mask = trees.flatten(dict(mask))
+  flat_hp = trees.flatten(dict(var_hparams))
   matched = {k for k, m in flat_mask.items() if m}
   assert matched == {k for k in flat_hp if _is_lora_path(k)}
   assert len(matched) < len(flat_hp)
@@ -203,9 +199,8 @@ def test_repeated_stack_counts():
   model = pax_fiddle.instantiate(model_p)
   with base_layer.JaxContext.new_context():
     var_hparams = model.abstract_init_with_metadata(_batch())
-  flat_mask = traverse_util.flatten_dict(
-      dict(py_utils.match_variable_names(var_hparams, lora.LORA_VARIABLES_REGEX)), sep='/')
-  flat_hp = traverse_util.flatten_dict(dict(var_hparams), sep='/')
+  flat_mask = trees.flatten(py_utils.match_variable_names(var_hparams, lora.LORA_VARIABLES_REGEX))
+  flat_hp = trees.flatten(dict(var_hparams))
   matched = [k for k, m in flat_mask.items() if m]
   assert set(matched) == {k for k in flat_hp if _is_lora_path(k)}
   # Repeated layers carry a leading [L] repeat prefix in their WeightHParams.
@@ -433,7 +428,7 @@ def test_jitted_forward_on_mesh():
   with base_layer.JaxContext.new_context():
     var_hparams = model.abstract_init_with_metadata(batch)
   specs = base_layer.var_partition_specs(var_hparams, mesh_shape, axis_names)
-  flat_specs = traverse_util.flatten_dict(dict(specs), sep='/')
+  flat_specs = trees.flatten(dict(specs))
   qkv = 'params/lm/transformer/x_layers_0/self_attention/combined_qkv/'
   assert flat_specs[qkv + 'w'] == jax.sharding.PartitionSpec(None, 'data', 'mdl', None)
   assert flat_specs[qkv + 'lora_a'] == jax.sharding.PartitionSpec(None, 'data', None)

@@ -37,7 +37,21 @@ NestedMap = py_utils.NestedMap
 Flat = dict[str, Any]
 
 TRANSFORMER = 'params/lm/transformer/'
-_BRANCH_RE = re.compile(r'params/lm/transformer/blocks_(\d+)/(backbone|gate|experts_(\d+))/(.*)')
+BRANCH_RE = re.compile(r'params/lm/transformer/blocks_(\d+)/(backbone|gate|experts_(\d+))/(.*)')
+
+
+def _praxis_private(layer, what: str, *args, **kwargs):
+  """The one place that calls praxis's private LM helpers.
+
+  The runtime runs a LanguageModel's forward piece by piece (embeddings on one mesh, blocks on
+  others, the head at home), and praxis 1.4.0 exposes no public way to run those pieces: its own
+  `LanguageModel.__call__` and `TransformerLm.__call__` build them with these helpers, so the
+  pieces stay exactly praxis's.
+    'predict_data': LanguageModel._prepare_predict_data(batch) -> inputs, paddings, labels.
+    'input': TransformerLm._prepare_input(inputs, paddings, segment_pos=...) -> embeddings.
+  """
+  method = {'predict_data': '_prepare_predict_data', 'input': '_prepare_input'}[what]
+  return getattr(layer, method)(*args, **kwargs)
 
 
 def branch_prefix(block: int, branch: str) -> str:
@@ -120,7 +134,7 @@ class MoDEPieces:
       for size, axes in zip(hp.shape, mapping):
         axes = axes if isinstance(axes, (tuple, list)) else (axes,)
         if 'mdl' in axes:
-          m = _BRANCH_RE.fullmatch(path)
+          m = BRANCH_RE.fullmatch(path)
           role = 'expert' if m and m.group(3) is not None else 'home'
           out[role][path] = size
     return out
@@ -154,8 +168,8 @@ class MoDEPieces:
     _, _, segment_pos = self.inputs(batch)
 
     def fn(m, batch):
-      data = m._prepare_predict_data(batch)  # pylint: disable=protected-access
-      return m.lm._prepare_input(data.inputs, data.paddings, segment_pos=segment_pos)  # pylint: disable=protected-access
+      data = _praxis_private(m, 'predict_data', batch)
+      return _praxis_private(m.lm, 'input', data.inputs, data.paddings, segment_pos=segment_pos)
     return self._apply(outside, fn, batch)
 
   def backbone(self, rel: Flat, x, paddings, segment_mask, segment_pos):
@@ -184,7 +198,7 @@ class MoDEPieces:
     batch = batch_to_map(batch)
 
     def fn(m, x, batch):
-      data = m._prepare_predict_data(batch)  # pylint: disable=protected-access
+      data = _praxis_private(m, 'predict_data', batch)
       out = m.lm.final_ln(x) if m.lm.final_ln_tpl is not None else x
       predictions = m.lm.compute_loss(out, data.labels, input_ids=data.inputs)
       metrics, _ = m.compute_loss(predictions, batch)
@@ -213,7 +227,7 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab: int, seed: int = 0) ->
                          np.arange(seq_len) - half)[None].repeat(batch_size, 0)
   paddings = np.zeros((batch_size, seq_len), np.float32)
   paddings[-1, -max(1, seq_len // 8):] = 1.0
-  segment_ids = np.where(paddings > 0, 0, segment_ids).astype(np.int32)
-  segment_pos = np.where(paddings > 0, 0, segment_pos).astype(np.int32)
-  return NestedMap(ids=ids, labels=np.roll(ids, -1, axis=1), weights=1.0 - paddings,
-                   paddings=paddings, segment_ids=segment_ids, segment_pos=segment_pos)
+  segment_ids = np.where(paddings > 0, 0, segment_ids)
+  segment_pos = np.where(paddings > 0, 0, segment_pos)
+  return jax.tree_util.tree_map(np.asarray, lm_batch.lm_batch(
+      ids, np.roll(ids, -1, axis=1), paddings, segment_ids, segment_pos))

@@ -86,7 +86,7 @@ class MpmdTrainer:
     ('expert', i, j)."""
     slices = {}
     for path in sorted(paths):
-      m = model_lib._BRANCH_RE.fullmatch(path)  # pylint: disable=protected-access
+      m = model_lib.BRANCH_RE.fullmatch(path)
       if m is None:
         if path.startswith(model_lib.TRANSFORMER):
           raise ValueError(f'{path} belongs to no MoDE block branch; the MPMD runtime cannot '
