@@ -14,6 +14,7 @@ class PaperScale:
   """Section 4.1: batch 128, learning rate 1e-3, 50k steps; MoDE with 3 blocks x 2 layers."""
   ICI_MESH_SHAPE = [1, 16, 8]  # 128 TPU v3 cores: data parallel x model parallel
   DCN_MESH_SHAPE = [1, 1, 1]
+  PRETRAIN_BACKBONE_HERE = False  # the backbone is an existing PLM: MODE_PAX_BACKBONE_CKPT
   # LmExperiment's defaults are the paper's architecture and training settings.
 
 

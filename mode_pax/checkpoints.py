@@ -3,7 +3,7 @@
 Pax (orbax) saves each model variable as a zarr array `checkpoint_XXXXXXXX/state/mdl_vars.<a.b.c>`;
 tensorstore reads it without building the model. `train_state_provenance.txt` records, for every
 variable, `random_init` or the `<ckpt_dir>:<step>` it was warm-started from. `load_into` fills
-the MPMD runtime's flat variables from such a checkpoint with Pax's load-rule semantics.
+the MPMD runtime's flat variables from such a checkpoint with Pax's load rules (`var_mapping`).
 """
 
 from __future__ import annotations
@@ -43,49 +43,70 @@ def read_variables(ckpt_dir: str, step: int | None = None) -> dict[str, np.ndarr
   return out
 
 
-def write_variables(state_dir: str, flat: dict[str, np.ndarray]) -> None:
-  """Writes arrays in Pax's layout under `state_dir` (conversions and tests)."""
-  os.makedirs(state_dir, exist_ok=True)
-  for path, value in flat.items():
-    value = np.asarray(value)
-    spec = {'driver': 'zarr',
-            'kvstore': {'driver': 'file',
-                        'path': os.path.join(state_dir, _PREFIX + path.replace('/', '.'))},
-            'metadata': {'shape': list(value.shape), 'dtype': value.dtype.str}}
-    ts.open(spec, create=True, delete_existing=True).result().write(value).result()
+def var_mapping(paths: Sequence[str], load_rules: Sequence[tuple[str, str]],
+                ignore_rules: Sequence[str] = (), safe_load: bool = False) -> dict[str, str]:
+  """Target path -> checkpoint path under Pax's load rules (`tasks_lib._get_var_mapping`).
+
+  As in Pax, each path is tried against the load rules in order with `re.match`, which anchors
+  at the start only (a rule also matches a path that goes on after it); the first rule that
+  matches names the source, `format.format(*groups)`. A path that matches an ignore rule (also
+  `re.match`) maps to nothing. With `safe_load`, a load rule that was tried but mapped no path is
+  an error; as in Pax, a rule is tried on a path only until an earlier rule maps it, so a rule
+  after one that maps every path is never tried and not reported.
+
+  Raises:
+    ValueError: with safe_load, for rules that map no path.
+  """
+  rules = [(re.compile(regex), fmt) for regex, fmt in load_rules]
+  ignores = [re.compile(regex) for regex in ignore_rules]
+  tried, used, out = set(), set(), {}
+  for path in paths:
+    for regex, fmt in rules:
+      tried.add(regex.pattern)
+      m = regex.match(path)
+      if m is None or any(ignore.match(path) for ignore in ignores):
+        continue
+      out[path] = fmt.format(*m.groups())
+      used.add(regex.pattern)
+      break
+  if safe_load and tried - used:
+    raise ValueError(f'load rule(s) {sorted(tried - used)} match no variable (safe_load): they '
+                     'would leave variables meant to be loaded at their initial values.')
+  return out
 
 
 def load_into(init_vars: dict[str, np.ndarray], ckpt_dir: str, *,
               load_rules: Sequence[tuple[str, str]] = ((r'(.*)', '{}'),),
+              ignore_rules: Sequence[str] = (), safe_load: bool = False,
               step: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """Fills `init_vars` from a Pax checkpoint, following Pax's load-rule semantics.
+  """Fills `init_vars` from a Pax checkpoint as Pax's `CheckpointLoadingRules` would.
 
-  Each target path is matched (whole path) against the rules in order; the first match names the
-  source variable by `format.format(*groups)` (e.g. `naming.backbone_from_transformer_lm`).
-  Unmatched targets keep their initial value.
+  Variables map to the checkpoint's by `var_mapping` (Pax's rule matching, ignore rules and
+  safe_load); the others keep their initial value. Unlike Pax's init_from_checkpoint_rules, this
+  reads one checkpoint (Pax also skips variables that an earlier checkpoint of its dict filled),
+  model variables only (no step or optimizer state), and casts values to the target's dtype.
 
   Returns:
     (variables, provenance): provenance maps each path to 'random_init' or the checkpoint step's
     folder it came from.
+
+  Raises:
+    KeyError: a rule maps a variable to a name the checkpoint does not hold.
+    ValueError: a shape differs from the checkpoint's, or (safe_load) a rule maps nothing.
   """
   source = read_variables(ckpt_dir, step)
   where = os.fspath(step_dir(ckpt_dir, step))
-  out, provenance = dict(init_vars), {}
-  for path, value in init_vars.items():
-    provenance[path] = 'random_init'
-    for regex, fmt in load_rules:
-      m = re.fullmatch(regex, path)
-      if not m:
-        continue
-      src = fmt.format(*m.groups())
-      if src not in source:
-        raise KeyError(f'load rule {regex!r} maps {path} to {src}, which {where} does not hold.')
-      if source[src].shape != value.shape:
-        raise ValueError(f'{path}: shape {value.shape} but {src} in {where} is '
-                         f'{source[src].shape}.')
-      out[path] = np.asarray(source[src]).astype(value.dtype)
-      provenance[path] = where
-      break
+  mapping = var_mapping(list(init_vars), load_rules, ignore_rules, safe_load)
+  out, provenance = dict(init_vars), {path: 'random_init' for path in init_vars}
+  for path, src in mapping.items():
+    value = init_vars[path]
+    if src not in source:
+      raise KeyError(f'the load rules map {path} to {src}, which {where} does not hold.')
+    if source[src].shape != value.shape:
+      raise ValueError(f'{path}: shape {value.shape} but {src} in {where} is '
+                       f'{source[src].shape}.')
+    out[path] = np.asarray(source[src]).astype(value.dtype)
+    provenance[path] = where
   return out, provenance
 
 

@@ -45,7 +45,7 @@ def evaluate_text(experiment_name: str, text: str, job_log_dir: str | None = Non
   """(next-token accuracy, number of tokens) of a run's newest checkpoint on `text`."""
   experiment_cls = registry.lookup(experiment_name)
   experiment = experiment_cls()
-  job_log_dir = job_log_dir or paths.run_dir(experiment_cls)
+  job_log_dir = job_log_dir or paths.run_dir(registry.experiment_name(experiment_cls))
   variables = trees.unflatten(checkpoints.read_variables(paths.checkpoint_dir(job_log_dir)))
   model = base_layer.instantiate(experiment.task().model)
   token_ids = tasks.vocabulary().encode(text)

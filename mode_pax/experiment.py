@@ -78,6 +78,9 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   # Upstream stages (experiment classes, or names resolved by `resolve_stage`) whose checkpoints
   # this run warm-starts from.
   BACKBONE = None  # provides the backbone (a Pretrain experiment); None: nothing to adapt
+  # False where the backbone is an existing pre-trained LM that the user brings (paper scale):
+  # a missing backbone then asks for MODE_PAX_BACKBONE_CKPT rather than for pre-training it.
+  PRETRAIN_BACKBONE_HERE = True
   EXPERTS = ()  # MoDE: expert j starts from expert 0 of EXPERTS[j]'s run
 
   # ---- Hooks of the pieces. ----
@@ -151,7 +154,8 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
       return paths.backbone_checkpoint_override()
     if self.BACKBONE is None:
       return None
-    return paths.checkpoint_dir(paths.run_dir(self.resolve_stage(self.BACKBONE)))
+    return paths.checkpoint_dir(paths.run_dir(
+        registry.experiment_name(self.resolve_stage(self.BACKBONE))))
 
   def upstream_runs(self) -> list[tuple[type, str, list, Sequence[str]]]:
     """(experiment, checkpoint folder, load rules, ignore rules) of each run this one starts
@@ -164,7 +168,7 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
     runs = [(self.resolve_stage(self.BACKBONE), self.backbone_checkpoint_dir(), load, ignore)]
     for j, stage in enumerate(self.EXPERTS):
       expert_cls = self.resolve_stage(stage)
-      ckpt = paths.checkpoint_dir(paths.run_dir(expert_cls))
+      ckpt = paths.checkpoint_dir(paths.run_dir(registry.experiment_name(expert_cls)))
       if any(ckpt == r[1] for r in runs):
         raise ValueError(f'{type(self).__name__}: {expert_cls.__name__} is listed twice.')
       runs.append((expert_cls, ckpt, self.expert_load_rules(j), ()))
@@ -205,13 +209,21 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
 
   def check_upstream_runs(self) -> None:
     """FileNotFoundError naming every upstream run whose checkpoint is missing."""
-    missing = [(upstream, ckpt) for upstream, ckpt, _, _ in self.upstream_runs()
-               if paths.latest_checkpoint_step(ckpt) is None]
+    missing = [(i, upstream, ckpt) for i, (upstream, ckpt, _, _)
+               in enumerate(self.upstream_runs()) if paths.latest_checkpoint_step(ckpt) is None]
     if not missing:
       return
-    lines = [f'  {registry.experiment_name(u)}: no checkpoint in {c}; run it first: '
-             f'python -m paxml.main --exp={registry.experiment_name(u)} '
-             f'--job_log_dir={os.path.dirname(c)}' for u, c in missing]
+    lines = []
+    for i, upstream, ckpt in missing:
+      name = registry.experiment_name(upstream)
+      if i == 0 and not self.PRETRAIN_BACKBONE_HERE:  # the backbone: an existing PLM
+        lines.append(
+            f'  the backbone ({name}): no checkpoint in {ckpt}; set MODE_PAX_BACKBONE_CKPT to '
+            'the folder of checkpoint_XXXXXXXX of a pre-trained praxis LM with its '
+            'architecture (README: "paper scale on Cloud TPU")')
+      else:
+        lines.append(f'  {name}: no checkpoint in {ckpt}; run it first: python -m paxml.main '
+                     f'--exp={name} --job_log_dir={os.path.dirname(ckpt)}')
     raise FileNotFoundError(
         f'{type(self).__name__} starts from the checkpoints of {len(missing)} run(s) that are '
         'not there:\n' + '\n'.join(lines) + '\n(or point MODE_PAX_RUNS / MODE_PAX_BACKBONE_CKPT '

@@ -1,9 +1,11 @@
 """Regexes for the roles of MoDE variables, and checkpoint rules built on them.
 
-Pax matches these against whole variable paths such as
+Variable paths look like
 `params/lm/transformer/blocks_1/experts_0/x_layers_0/ff_layer/ffn_layer1/linear/w`
-(see `mode_pax.layers.mode` for the layout), in `bprop_variable_inclusion` /
-`bprop_variable_exclusion` and in `CheckpointLoadingRules`.
+(see `mode_pax.layers.mode` for the layout). Pax matches the role regexes against whole paths in
+`bprop_variable_inclusion` / `bprop_variable_exclusion`, and load rules from the start of the
+path (`re.match`) in `CheckpointLoadingRules`; every load rule here ends in `(.*)`, so both
+readings agree.
 """
 
 from __future__ import annotations
@@ -41,12 +43,6 @@ def backbone_from_transformer_lm(num_layers: int, num_blocks: int) -> list[tuple
            for l in range(num_layers)]
   rules.append((r'params/lm/((?!transformer/).*)', 'params/lm/{}'))
   return rules
-
-
-def backbone_from_mode_lm() -> list[tuple[str, str]]:
-  """Load rules that copy the backbone (layers, embeddings, norm) from another MoDE LM run."""
-  return [(r'(params/lm/transformer/blocks_\d+/backbone/.*)', '{}'),
-          (r'(params/lm/(?!transformer/).*)', '{}')]
 
 
 def expert_from_mode_lm(source_index: int, target_index: int) -> list[tuple[str, str]]:

@@ -22,8 +22,6 @@ import pathlib
 
 from etils import epath
 
-from mode_pax import registry
-
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -41,9 +39,14 @@ def eval_split() -> str:
   return os.environ.get('MODE_PAX_EVAL_SPLIT', 'validation')
 
 
-def run_dir(experiment_cls: type) -> str:
-  """The job_log_dir of an experiment's run."""
-  return os.path.join(runs_root(), registry.experiment_name(experiment_cls))
+def run_dir(experiment_name: str) -> str:
+  """The job_log_dir of the run of a registered experiment (`registry.experiment_name`)."""
+  return os.path.join(runs_root(), experiment_name)
+
+
+def data_dir() -> str:
+  """MODE_PAX_DATA_DIR: the data build (default data/build in the repository)."""
+  return os.environ.get('MODE_PAX_DATA_DIR') or str(REPO_ROOT / 'data' / 'build')
 
 
 def checkpoint_dir(job_log_dir: str) -> str:

@@ -66,7 +66,7 @@ def run_paxml(exp: str, job_log_dir: str, mode: str, log_name: str, env=None) ->
 
 def train_stage(module: str, name: str) -> None:
   experiment_cls = registry.lookup(f'{module}.{name}')
-  job_log_dir = paths.run_dir(experiment_cls)
+  job_log_dir = paths.run_dir(registry.experiment_name(experiment_cls))
   target = experiment_cls.MAX_STEPS
   step = paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir))
   if step is not None and step >= target:
@@ -82,7 +82,7 @@ def train_stage(module: str, name: str) -> None:
 def evaluate_stage(module: str, name: str) -> dict[str, float]:
   """Next-token accuracy on each test set, cached per checkpoint step in the run's folder."""
   experiment_cls = registry.lookup(f'{module}.{name}')
-  job_log_dir = paths.run_dir(experiment_cls)
+  job_log_dir = paths.run_dir(registry.experiment_name(experiment_cls))
   cached = results.load_test_metrics(job_log_dir)
   if cached is not None:
     return cached
@@ -103,15 +103,9 @@ def upstream_stages(module: str, name: str) -> list[str]:
   return [s if isinstance(s, str) else s.__name__ for s in stages]
 
 
-def run_stages(module: str, train: Sequence[str], evaluate: Sequence[str] = (),
-               jobs: int = 1) -> dict[str, dict[str, float]]:
-  """Trains `train` and their upstream runs, evaluates `evaluate`, `jobs` stages at a time.
-
-  A stage starts once its upstream runs are trained; among ready stages, training goes first,
-  in the order given (upstream runs before the runs that need them). The first failure stops
-  new stages from starting and is raised once the running ones end. Returns name -> metrics.
-  """
-  jobs = max(1, jobs)
+def schedule(module: str, train: Sequence[str], evaluate: Sequence[str] = ()):
+  """(order, deps) of the stages ('train' or 'eval', name) that `run_stages` runs: `train`,
+  their upstream runs before them, and `evaluate`."""
   order, deps = [], {}
 
   def add_train(name):
@@ -128,6 +122,30 @@ def run_stages(module: str, train: Sequence[str], evaluate: Sequence[str] = (),
   for name in evaluate:
     deps[('eval', name)] = {('train', name)}
     order.append(('eval', name))
+  return order, deps
+
+
+def is_done(module: str, kind: str, name: str) -> bool:
+  """Whether a stage has nothing left to do (trained to MAX_STEPS; evaluated and cached)."""
+  experiment_cls = registry.lookup(f'{module}.{name}')
+  job_log_dir = paths.run_dir(registry.experiment_name(experiment_cls))
+  if kind == 'eval':
+    return results.load_test_metrics(job_log_dir) is not None
+  step = paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir))
+  return step is not None and step >= experiment_cls.MAX_STEPS
+
+
+def run_stages(module: str, train: Sequence[str], evaluate: Sequence[str] = (),
+               jobs: int = 1) -> dict[str, dict[str, float]]:
+  """Trains `train` and their upstream runs, evaluates `evaluate`, `jobs` stages at a time.
+
+  A stage starts once its upstream runs are trained; among ready stages, training goes first,
+  in the order given (upstream runs before the runs that need them). The first failure stops
+  new stages from starting and is raised once the running ones end. Returns name -> metrics.
+  """
+  if jobs < 1:
+    raise ValueError(f'jobs={jobs}: run at least one stage at a time.')
+  order, deps = schedule(module, train, evaluate)
   done, running, metrics, failure = set(), {}, {}, None
   run = {'train': train_stage, 'eval': evaluate_stage}
   with futures.ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -162,18 +180,37 @@ def default_jobs() -> int:
   return os.cpu_count() or 1
 
 
+def check_flags(scale: str, jobs: int) -> str:
+  """The scale's experiment module; a clear error for a bad flag, before any work."""
+  if jobs < 1:
+    raise app.UsageError(f'--jobs={jobs}: give the number of stages to run at once, 1 or more '
+                         f'(default {default_jobs()}, the CPU count).')
+  module = f'mode.{scale}'
+  if scale not in SCALES:
+    raise app.UsageError(f'--scale={scale!r}: the pipeline runs one of {", ".join(SCALES)} '
+                         '(experiments/<scale>.py); paper scale runs on TPU, see README.')
+  return module
+
+
+# Scales the main job runs on a CPU (modules of experiments/).
+SCALES = ('small',)
+
+
 def main(argv) -> None:
   del argv
   start = time.time()
-  module = f'mode.{flags.FLAGS.scale}'
+  module = check_flags(flags.FLAGS.scale, flags.FLAGS.jobs)
   ensure_data()
   # Upstream runs (the backbone, the single-domain experts) are trained first by run_stages.
   names = [recipe.__name__ for recipe in recipes.TABLE1]
+  stages, _ = schedule(module, names, names)
+  skipped = [f'{kind} {name}' for kind, name in stages if is_done(module, kind, name)]
   metrics = run_stages(module, names, names, jobs=flags.FLAGS.jobs)
   rows = [results.Row(method=recipe.LABEL, experiment=f'{module}.{recipe.__name__}',
                       metrics=metrics[recipe.__name__]) for recipe in recipes.TABLE1]
   wall = time.time() - start
-  out = results.write_table1(rows, flags.FLAGS.out, scale=flags.FLAGS.scale, wall_seconds=wall)
+  out = results.write_table1(rows, flags.FLAGS.out, scale=flags.FLAGS.scale, wall_seconds=wall,
+                             skipped=skipped, num_stages=len(stages))
   _log(f'Table 1 ({flags.FLAGS.scale} scale) -> {out}; this run took {wall / 60:.1f} min')
   with open(out) as f:
     print(f.read())

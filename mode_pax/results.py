@@ -11,13 +11,13 @@ import dataclasses
 import glob
 import json
 import os
+from typing import Sequence
 
 import tensorflow as tf
 
 from mode import recipes
 from mode_pax import param_count
 from mode_pax import paths
-from mode_pax import registry
 
 ACCURACY = 'fraction_of_correct_next_step_preds'
 DOMAINS = (('Math', 'math'), ('Code', 'code'), ('English', 'english'))
@@ -79,13 +79,14 @@ class Row:
 
 def _params(row: Row) -> int:
   if row.params is None:
-    record_path = os.path.join(paths.run_dir(registry.lookup(row.experiment)), METRICS_FILE)
+    record_path = os.path.join(paths.run_dir(row.experiment), METRICS_FILE)
     with open(record_path) as f:
       row.params = json.load(f)['total_params']
   return row.params
 
 
-def write_table1(rows: list[Row], out_dir: str, *, scale: str, wall_seconds: float) -> str:
+def write_table1(rows: list[Row], out_dir: str, *, scale: str, wall_seconds: float,
+                 skipped: Sequence[str], num_stages: int) -> str:
   """Writes results/table1_<scale>.md and .csv in the paper's Table 1 layout; returns the .md."""
   os.makedirs(out_dir, exist_ok=True)
   by_method = {r.method: r for r in rows}
@@ -108,7 +109,9 @@ def write_table1(rows: list[Row], out_dir: str, *, scale: str, wall_seconds: flo
                    f' M | {deltas} |')
   lines.append('')
   lines.append(f'Next-token accuracy (%) on the test splits, {scale} scale; whole run '
-               f'{wall_seconds / 60:.1f} min (stages already done were skipped).')
+               f'{wall_seconds / 60:.1f} min, ' + (
+                   f'{len(skipped)} of {num_stages} stages already done and skipped: '
+                   f'{", ".join(skipped)}.' if skipped else f'all {num_stages} stages run.'))
   md_path = os.path.join(out_dir, f'table1_{scale}.md')
   with open(md_path, 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -1,23 +1,29 @@
 """Tests for mode_pax.data on the fixture corpus (tests/fixtures/data); no registry access."""
 
+import builtins
 import collections
 import hashlib
 import io
 import json
 import os
 import pathlib
-import shutil
+import re
 import tarfile
 
+from etils.epath import gpath
+from etils.epath import register as epath_register
 import numpy as np
 import pytest
+import seqio
 import sentencepiece as spm
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from praxis import base_hyperparams
 
 from mode_pax.data import build as build_lib
 from mode_pax.data import errors
 from mode_pax.data import inputs
+from mode_pax.data import mode_corpus
 from mode_pax.data import sources
 from mode_pax.data import tasks
 
@@ -33,21 +39,41 @@ def _config(data_dir, **overrides):
   return build_lib.BuildConfig(**kwargs)
 
 
+def _as_dict(example):
+  return {'text': example.text, 'doc_id': example.doc_id, 'num_tokens': example.num_tokens}
+
+
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
+  """(data_dir, build_info, the examples the build handed to TFDS per (dataset, split))."""
   data_dir = tmp_path_factory.mktemp('build_a')
-  info = build_lib.build(_config(data_dir))
-  return str(data_dir), info
+  written = {}
+
+  def recording_prepare(config, examples, metadata, tfds_data_dir):
+    for split, split_examples in examples.items():
+      written[config, split] = [_as_dict(e) for e in split_examples]
+    return real_prepare(config, examples, metadata, tfds_data_dir)
+
+  real_prepare = mode_corpus.prepare
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(mode_corpus, 'prepare', recording_prepare)
+    info = build_lib.build(_config(data_dir))
+  return str(data_dir), info, written
 
 
-def _records(path):
-  out = []
-  for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-    ex = tf.train.Example.FromString(raw).features.feature
-    out.append({'text': ex['text'].bytes_list.value[0].decode(),
-                'doc_id': ex['doc_id'].bytes_list.value[0].decode(),
-                'num_tokens': ex['num_tokens'].int64_list.value[0]})
-  return out
+def _from_numpy(example):
+  return {'text': example['text'].decode(), 'doc_id': example['doc_id'].decode(),
+          'num_tokens': int(example['num_tokens'])}
+
+
+def _sorted(examples):
+  return sorted(examples, key=lambda e: (e['doc_id'], e['text']))
+
+
+def _records(data_dir, dataset, split):
+  """The examples of one split (or TFDS slice) of a built dataset, read with tfds.load."""
+  ds = tfds.load(f'mode_corpus/{dataset}', data_dir=str(data_dir), split=split, download=False)
+  return [_from_numpy(ex) for ex in tfds.as_numpy(ds)]
 
 
 def _all_files(root):
@@ -56,12 +82,12 @@ def _all_files(root):
 
 
 def test_splits_are_disjoint_by_content_and_unit(built):
-  data_dir, info = built
+  data_dir, info, _ = built
   hashes, train_units = {}, {}
   for split in build_lib.SPLITS:
     hashes[split] = collections.Counter()
     for dataset in build_lib.DATASETS:
-      records = _records(os.path.join(data_dir, dataset, f'{split}.tfrecord'))
+      records = _records(data_dir, dataset, split)
       assert records, (dataset, split)
       assert len(records) == info['datasets'][dataset]['stats'][split]['examples']
       hashes[split].update(hashlib.sha256(r['text'].encode()).hexdigest() for r in records)
@@ -82,20 +108,30 @@ def test_splits_are_disjoint_by_content_and_unit(built):
 
 
 def test_examples_fit_and_tests_excluded(built):
-  data_dir, info = built
+  data_dir, info, _ = built
   for dataset in build_lib.DATASETS:
-    for r in _records(os.path.join(data_dir, dataset, 'train.tfrecord')):
+    for r in _records(data_dir, dataset, 'train'):
       assert 0 < r['num_tokens'] <= SEQ_LEN - 1
       assert '/tests/' not in r['doc_id'] and not r['doc_id'].endswith('_gut_f')
-  # Size variants are prefixes of the shuffled training split.
-  train = _records(os.path.join(data_dir, 'code', 'train.tfrecord'))
-  assert _records(os.path.join(data_dir, 'code', 'train_n10.tfrecord')) == train[:10]
   k = info['mixture_balanced_per_domain']
   assert k == min(info['datasets'][d]['stats']['train']['examples'] for d in ('code', 'math'))
 
 
+@pytest.mark.parametrize('task,dataset,n', [('mode_code_n10', 'code', 10),
+                                            ('mode_math_n20', 'math', 20)])
+def test_size_variants_train_on_a_prefix_of_the_shuffled_training_split(built, task, dataset, n):
+  data_dir, info, _ = built
+  tasks.register_tasks(data_dir)
+  source = seqio.get_mixture_or_task(task).source
+  assert source.num_input_examples('train') == n == tasks.num_train_examples(task, data_dir)
+  assert source.num_input_examples('validation') == (
+      info['datasets'][dataset]['stats']['validation']['examples'])
+  prefix = [_from_numpy(ex) for ex in tfds.as_numpy(source.get_dataset('train', shuffle=False))]
+  assert prefix == _records(data_dir, dataset, 'train')[:n]
+
+
 def test_two_builds_are_byte_identical(built, tmp_path):
-  data_dir, _ = built
+  data_dir, _, _ = built
   build_lib.build(_config(tmp_path))
   first, second = _all_files(data_dir), _all_files(tmp_path)
   assert sorted(first) == sorted(second)
@@ -103,25 +139,59 @@ def test_two_builds_are_byte_identical(built, tmp_path):
     assert first[name] == second[name], name
 
 
+def test_tfds_load_reads_every_dataset_like_any_tfds_dataset(built):
+  data_dir, info, written = built
+  vocab = tasks.vocabulary(data_dir)
+  for dataset in build_lib.DATASETS:
+    splits, ds_info = tfds.load(f'mode_corpus/{dataset}', data_dir=data_dir, with_info=True)
+    assert ds_info.full_name == f'mode_corpus/{dataset}/1.0.0'
+    assert str(ds_info.version) in ds_info.release_notes
+    assert ds_info.metadata['fingerprint'] == info['fingerprint']
+    assert set(splits) == set(build_lib.SPLITS)
+    for split, ds in splits.items():
+      examples = [_from_numpy(ex) for ex in tfds.as_numpy(ds)]
+      num = info['datasets'][dataset]['stats'][split]['examples']
+      assert len(examples) == ds_info.splits[split].num_examples == num > 0
+      # Every example comes back as the build wrote it (text byte for byte); TFDS stores them in
+      # its own fixed order.
+      assert _sorted(examples) == _sorted(written[dataset, split]), (dataset, split)
+      for ex in examples[:50]:
+        assert vocab.decode(vocab.encode(ex['text'])) == ex['text']
+  # Without the builder class (e.g. another program): TFDS reads the files on their own.
+  builder = tfds.builder_from_directory(os.path.join(data_dir, 'mode_corpus', 'code', '1.0.0'))
+  assert not isinstance(builder, mode_corpus.ModeCorpus)
+  first = _from_numpy(next(iter(tfds.as_numpy(builder.as_dataset(split='train[:1]')))))
+  assert first == _records(data_dir, 'code', 'train[:1]')[0]
+  assert first in written['code', 'train']
+
+
+def test_tfds_load_without_a_build_names_the_command(tmp_path):
+  with pytest.raises(errors.DataNotBuiltError, match=r'mode_corpus/code.*make data.*--data_dir='):
+    tfds.load('mode_corpus/code', data_dir=str(tmp_path))
+
+
 def test_interrupted_build_looks_incomplete_and_rerun_skips_finished_parts(
     built, tmp_path, monkeypatch):
-  real_write = build_lib._write_tfrecord
+  real_generate = mode_corpus.ModeCorpus._generate_examples
 
-  def failing_write(path, examples):
-    if os.sep + 'math.' in path:
-      raise KeyboardInterrupt('simulated crash')
-    real_write(path, examples)
+  def crashing_generate(self, examples):
+    for i, key_example in enumerate(real_generate(self, examples)):
+      if self.builder_config.name == 'math' and i == 3:
+        raise KeyboardInterrupt('simulated crash while TFDS writes math')
+      yield key_example
 
-  monkeypatch.setattr(build_lib, '_write_tfrecord', failing_write)
+  monkeypatch.setattr(mode_corpus.ModeCorpus, '_generate_examples', crashing_generate)
   with pytest.raises(KeyboardInterrupt):
     build_lib.build(_config(tmp_path))
   assert not (tmp_path / build_lib.INFO_FILE).exists()
-  assert not (tmp_path / 'math').exists()
-  assert (tmp_path / 'code' / build_lib.MARKER).exists()
+  assert not (tmp_path / 'mode_corpus' / 'math').exists()
+  assert build_lib.part_is_complete(str(tmp_path), 'code')
   with pytest.raises(errors.DataNotBuiltError, match='make data'):
     tasks.register_tasks(str(tmp_path))
+  with pytest.raises(errors.DataNotBuiltError, match=r'mode_corpus/math.*make data'):
+    tfds.load('mode_corpus/math', data_dir=str(tmp_path))
 
-  monkeypatch.setattr(build_lib, '_write_tfrecord', real_write)
+  monkeypatch.setattr(mode_corpus.ModeCorpus, '_generate_examples', real_generate)
   info = build_lib.build(_config(tmp_path))
   assert set(info['skipped_parts']) == {'vocab', 'english', 'sotu', 'code'}
   assert not (tmp_path / '.staging').exists()
@@ -174,7 +244,7 @@ def test_a_given_tokenizer_is_used_instead_of_training_one(tmp_path):
   vocab = tasks.vocabulary(str(data_dir))
   assert vocab.eos_id == 2 and vocab.vocab_size == info['vocab']['size']
   # Examples were cut to length with the given model's token counts.
-  records = _records(str(data_dir / 'code' / 'train.tfrecord'))
+  records = _records(data_dir, 'code', 'train')
   assert records and all(r['num_tokens'] == len(vocab.encode(r['text'])) for r in records)
   assert all(r['num_tokens'] <= SEQ_LEN - 1 for r in records)
   assert f'given SentencePiece model `{model}`' in (data_dir / 'DATA_CARD.md').read_text()
@@ -196,40 +266,72 @@ def test_register_tasks_is_idempotent_and_names_are_complete(built):
   assert tasks.register_tasks(built[0]) == names
   for expected in ['mode_english_pretrain', 'mode_english', 'mode_code', 'mode_math',
                    'mode_math_code', 'mode_code_n10', 'mode_code_n30', 'mode_math_code_n20',
-                   'mode_math_code_n40']:
+                   'mode_math_code_n40', 'mode_sotu', 'mode_math_n10', 'mode_math_n20']:
     assert expected in names
+  assert len(set(names)) == len(names)
 
 
-@pytest.mark.parametrize('task', ['mode_english_pretrain', 'mode_english', 'mode_code',
-                                  'mode_math', 'mode_math_code', 'mode_code_n10',
-                                  'mode_math_code_n20'])
-def test_training_batches_through_pax_seqio_input(built, task):
-  params = inputs.seqio_input_params(task, 'train', batch_size=4, seq_len=SEQ_LEN,
+@pytest.mark.parametrize('task,seq_len', [
+    ('mode_english_pretrain', SEQ_LEN), ('mode_english', SEQ_LEN), ('mode_code', SEQ_LEN),
+    ('mode_math', SEQ_LEN), ('mode_math_code', SEQ_LEN), ('mode_code_n10', SEQ_LEN),
+    ('mode_math_code_n20', SEQ_LEN),
+    ('mode_english', 24)])  # shorter than most examples: split_to_length cuts them
+def test_training_batches_through_pax_seqio_input(built, task, seq_len):
+  params = inputs.seqio_input_params(task, 'train', batch_size=4, seq_len=seq_len,
                                      data_dir=built[0], input_random_seed=1)
   inp = base_hyperparams.instantiate(params)
+  eos = tasks.vocabulary(built[0]).eos_id
+  lengths = []
   for _ in range(3):  # also past the end of tiny variants: training repeats
     batch = inp.get_next()
-  for key in ('ids', 'labels', 'weights', 'paddings', 'segment_ids', 'segment_pos'):
-    assert batch[key].shape == (4, SEQ_LEN), key
-  assert batch.ids.dtype == np.int32
-  assert batch.labels.max() < tasks.vocab_size(built[0])
-  assert (batch.labels == 1).sum() >= 4  # every example ends with EOS
+    for key in ('ids', 'labels', 'weights', 'paddings', 'segment_ids', 'segment_pos'):
+      assert batch[key].shape == (4, seq_len), key
+    assert batch.ids.dtype == np.int32
+    assert batch.labels.max() < tasks.vocab_size(built[0])
+    # Every packed example ends with EOS and has no other: split_to_length cuts a long one
+    # into pieces of at most seq_len - 1 tokens and each piece gets its own EOS.
+    for row in range(4):
+      for segment in set(batch.segment_ids[row].tolist()) - {0}:
+        where = np.flatnonzero(batch.segment_ids[row] == segment)
+        np.testing.assert_array_equal(batch.segment_pos[row, where], np.arange(len(where)))
+        assert batch.labels[row, where[-1]] == eos, (task, row, segment)
+        assert (batch.labels[row, where[:-1]] != eos).all(), (task, row, segment)
+        lengths.append(len(where))
+    assert (batch.weights[batch.segment_ids == 0] == 0).all()
+  assert len(lengths) >= 3 * 4
+  if seq_len < SEQ_LEN:
+    assert lengths.count(seq_len) >= 4  # full pieces of longer examples: cut, not truncated
 
 
-def test_mixture_has_equal_examples_from_each_domain(built):
-  data_dir, _ = built
+def test_mixtures_read_both_parts_every_example_once_per_epoch(built):
+  data_dir, info, _ = built
   tasks.register_tasks(data_dir)
-  for task, n in [('mode_math_code_n20', 10), ('mode_math_code_n40', 20)]:
-    ds = tasks.seqio.get_mixture_or_task(task).get_dataset(None, split='train', shuffle=False)
+  train_examples = {d: info['datasets'][d]['stats']['train']['examples']
+                    for d in build_lib.DATASETS}
+  balanced = info['mixture_balanced_per_domain']
+  for mixture, n in [('mode_math_code_n20', 10), ('mode_math_code_n40', 20),
+                     ('mode_math_code', balanced)]:
+    mix = seqio.get_mixture_or_task(mixture)
+    # Equal numbers of Math and Code training examples, mixed at equal rates.
+    assert {t.name: mix.get_rate(t) for t in mix.tasks} == {f'mode_math_n{n}': n,
+                                                             f'mode_code_n{n}': n}
+    assert [t.source.num_input_examples('train') for t in mix.tasks] == [n, n]
+    assert tasks.num_train_examples(mixture, data_dir) == 2 * n
+    ds = mix.get_dataset(None, split='train', shuffle=False, num_epochs=1)
     assert sum(1 for _ in ds) == 2 * n
-    source = tasks.seqio.get_mixture_or_task(task).source
-    files = source._split_to_filepattern['train']  # pylint: disable=protected-access
-    assert [len(_records(f)) for f in files] == [n, n]
+  # English pre-training: literature and State of the Union at rates equal to their sizes,
+  # and one evaluation pass reads both validation splits whole.
+  mix = seqio.get_mixture_or_task('mode_english_pretrain')
+  assert {t.name: mix.get_rate(t) for t in mix.tasks} == {
+      'mode_english': train_examples['english'], 'mode_sotu': train_examples['sotu']}
+  ds = mix.get_dataset(None, split='validation', shuffle=False, num_epochs=1)
+  assert sum(1 for _ in ds) == sum(info['datasets'][d]['stats']['validation']['examples']
+                                   for d in ('english', 'sotu'))
 
 
 @pytest.mark.parametrize('task,seq_len', [('mode_code', SEQ_LEN), ('mode_english', 24)])
 def test_eval_covers_split_exactly_once_without_padding(built, task, seq_len):
-  data_dir, info = built
+  data_dir, info, _ = built
   dataset = 'code' if task == 'mode_code' else 'english'
   stats = info['datasets'][dataset]['stats']['validation']
   params = inputs.seqio_input_params(task, 'validation', batch_size=8, seq_len=seq_len,
@@ -257,6 +359,31 @@ def test_eval_covers_split_exactly_once_without_padding(built, task, seq_len):
   assert weight == stats['tokens'] + rows  # tokens + one EOS per row
 
 
+def test_input_params_touch_no_files_and_instantiation_names_the_missing_build(
+    tmp_path, monkeypatch):
+  missing = tmp_path / 'not_built'
+
+  def touched(*args, **kwargs):
+    raise AssertionError(f'building input params touched the file system: {args} {kwargs}')
+
+  with monkeypatch.context() as patch:
+    for name in ('exists', 'GFile', 'stat', 'listdir', 'glob', 'isdir', 'makedirs', 'walk'):
+      patch.setattr(tf.io.gfile, name, touched)
+    for module, name in ((builtins, 'open'), (io, 'open'), (os, 'stat'), (os, 'listdir'),
+                         (os, 'scandir')):
+      patch.setattr(module, name, touched)
+    train = inputs.seqio_input_params('mode_code', 'train', batch_size=4,
+                                      data_dir=str(missing))
+    patch.setenv('MODE_PAX_DATA_DIR', str(missing))
+    evaluation = inputs.seqio_input_params('mode_math', 'validation', batch_size=4)
+  assert train.data_dir == evaluation.data_dir == str(missing)
+  assert issubclass(train.cls, inputs.MoDESeqIOInput)
+  assert not missing.exists()
+  with pytest.raises(errors.DataNotBuiltError,
+                     match=re.escape(str(missing)) + r'.*make data'):
+    base_hyperparams.instantiate(train)
+
+
 # --- Bad input --------------------------------------------------------------------------
 
 
@@ -275,6 +402,10 @@ def test_missing_build_names_fix(tmp_path):
     tasks.register_tasks(str(tmp_path / 'nothing_here'))
   with pytest.raises(errors.DataNotBuiltError):
     tasks.vocab_size(str(tmp_path))
+  # A build of the format before TFDS (plain TFRecords) is not read as if it were current.
+  (tmp_path / build_lib.INFO_FILE).write_text(json.dumps({'format_version': 1}))
+  with pytest.raises(errors.DataNotBuiltError, match=r'older build \(format 1.*make data'):
+    tasks.register_tasks(str(tmp_path))
 
 
 def test_checksum_mismatch_names_source_and_fix(tmp_path):
@@ -328,7 +459,16 @@ def test_empty_source_is_reported(tmp_path):
     build_lib.build(_config(tmp_path / 'out', manifest=_manifest_with(tmp_path, **src)))
 
 
-def test_object_store_paths_work_like_local_folders(built):
+def _epath_reads_ram_like_gs(monkeypatch):
+  """TFDS's file layer (etils.epath) sends gs:// to tf.io.gfile; let it do so for ram:// too."""
+  monkeypatch.setattr(gpath, '_URI_PREFIXES', gpath._URI_PREFIXES + ('ram://',))
+  monkeypatch.setattr(gpath, '_URI_SCHEMES', gpath._URI_SCHEMES | {'ram'})
+  monkeypatch.setitem(gpath._URI_MAP_ROOT, 'ram://', '/ram/')
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, 'ram', gpath.backend_lib.tf_backend)
+  monkeypatch.setitem(epath_register._URI_PREFIXES_TO_CLS, 'ram://', gpath.PosixGPath)
+
+
+def test_object_store_paths_work_like_local_folders(built, monkeypatch):
   """gs:// goes through tf.io.gfile; TF's in-memory ram:// file system stands in for it."""
   data_dir = 'ram://mode_pax_test/build'
   info = build_lib.build(_config(data_dir))
@@ -337,8 +477,9 @@ def test_object_store_paths_work_like_local_folders(built):
     with tf.io.gfile.GFile(f'{data_dir}/{name}', 'rb') as f:
       assert f.read() == data, name
   assert tasks.vocab_size(data_dir) == info['vocab']['size']
+  _epath_reads_ram_like_gs(monkeypatch)
   tasks.register_tasks(data_dir)
-  ds = tasks.seqio.get_mixture_or_task('mode_code').get_dataset(
+  ds = seqio.get_mixture_or_task('mode_code').get_dataset(
       {'targets': SEQ_LEN}, split='validation', shuffle=False)
   assert sum(1 for _ in ds) == info['datasets']['code']['stats']['validation']['examples']
   assert build_lib.build(_config(data_dir))['skipped_parts'] == ['all']

@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
 
 
 def _dir(name):
-  return paths.run_dir(registry.lookup(f'{MODULE}.{name}'))
+  return paths.run_dir(f'{MODULE}.{name}')
 
 
 def _vars(name):

@@ -1,7 +1,16 @@
 """The MPMD train step equals the SPMD step (loss, gradients, updated variables) on 8 devices."""
 
+import re
+
+import jax
 import numpy as np
 import optax
+from paxml import checkpoints as pax_checkpoints
+from paxml import tasks_lib
+from paxml import trainer_lib
+from paxml.tasks.lm import model_params
+from praxis import base_hyperparams
+from praxis import py_utils
 import pytest
 
 from mode_pax import checkpoints
@@ -57,8 +66,12 @@ def _mpmd_run(init_vars, plan, transport=None):
     grads.append({k: np.asarray(v) for mesh in g.values() for k, v in mesh.items()})
     moved.append(trainer.transport.bytes_moved)
     trainer.recorder.enabled = False
-  return dict(losses=losses, grads=grads, params=trainer.host_params(state), moved=moved,
-              recorder=trainer.recorder, trainer=trainer)
+  params = trainer.host_params(state)
+  # The loss of the first batch again, now after training (a step returns its loss before the
+  # update).
+  _, loss_after, _, _ = trainer.step(state, _batches()[0])
+  return dict(losses=losses, grads=grads, params=params, moved=moved, recorder=trainer.recorder,
+              trainer=trainer, loss_after=float(loss_after))
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +96,11 @@ def _assert_same(mpmd, spmd, init_vars):
 
 def test_mesh5_step_equals_spmd_step(mesh5_run, spmd_run, init_vars):
   _assert_same(mesh5_run, spmd_run, init_vars)
-  # Loss decreases on the repeated distribution; trainable = experts and gates only.
+  # Training lowered the loss of a batch it trained on (the steps change the loss by far more
+  # than fp32 noise: 4.58 -> 4.12 here; a skipped update leaves it equal).
+  assert mesh5_run['loss_after'] < mesh5_run['losses'][0] - 0.1, (
+      mesh5_run['losses'], mesh5_run['loss_after'])
+  # Trainable = experts and gates only.
   grads = mesh5_run['grads'][0]
   assert grads and all('/experts_' in p or '/gate/' in p for p in grads)
   for path, value in init_vars.items():
@@ -120,28 +137,121 @@ def test_five_meshes_move_fewer_bytes_than_one(mesh5_run, spmd_run):
   assert mesh5_run['recorder'].programs['experts_fwd@mesh1'].stats.get('count', 0) == 0
 
 
-def test_starts_from_a_pax_checkpoint(tmp_path, init_vars):
-  """A plain TransformerLm backbone checkpoint fills the MoDE backbone (Pax's load rules)."""
-  plain = {}
+def _save_with_paxml(ckpt_dir: str, step: int) -> dict[str, np.ndarray]:
+  """A plain praxis TransformerLm of EXP's size, initialised and saved by paxml's own code.
+
+  paxml's LM experiment builds the model (no MoDE layers), `trainer_lib` its train state and
+  `checkpoints.save_checkpoint` the GDA (Orbax/tensorstore) checkpoint a pjit run of paxml.main
+  writes. Returns the model variables as saved (the train state in memory), keyed by path.
+  """
+  exp = build.experiment_instance(EXP)
+  task = base_hyperparams.instantiate(model_params.TransformerLmSpmdAdafactor.task(exp))
+  specs = model_lib.input_specs(EXP.TRAIN_BATCH_SIZE, EXP.SEQUENCE_LENGTH)
+  state, _ = trainer_lib.initialize_model_state(task, jax.random.PRNGKey(5), specs,
+                                                do_init_checkpoint_rules=False)
+  state = state.replace(step=state.step + step)
+  pax_checkpoints.save_checkpoint(state, ckpt_dir,
+                                  checkpoint_type=pax_checkpoints.CheckpointType.GDA)
+  return {k.replace('.', '/'): np.asarray(v)
+          for k, v in py_utils.NestedMap(state.mdl_vars).FlattenItems()}
+
+
+def _plain_lm_path(path: str) -> str | None:
+  """Where a MoDE backbone variable lives in the plain LM (None: experts, gates).
+
+  Layer l of block b is layer b * L/B + l of the plain LM; the rest keeps its name.
+  """
+  m = re.fullmatch(r'params/lm/transformer/blocks_(\d+)/backbone/x_layers_(\d+)/(.*)', path)
+  if m:
+    per_block = EXP.NUM_LAYERS // EXP.NUM_BLOCKS
+    return f'params/lm/transformer/x_layers_{int(m[1]) * per_block + int(m[2])}/{m[3]}'
+  return None if '/transformer/' in path else path
+
+
+def test_starts_from_a_checkpoint_paxml_wrote(tmp_path, init_vars):
+  """paxml's plain TransformerLm checkpoint fills the MoDE backbone (Pax's load rules)."""
+  saved = _save_with_paxml(str(tmp_path), step=5)
+  rules = naming.backbone_from_transformer_lm(EXP.NUM_LAYERS, EXP.NUM_BLOCKS)
+  loaded, provenance = checkpoints.load_into(init_vars, str(tmp_path), load_rules=rules,
+                                             safe_load=True)
+  sources = set()
   for path, value in init_vars.items():
-    if '/backbone/' in path:
-      block = int(path.split('/blocks_')[1].split('/')[0])
-      layer = int(path.split('/x_layers_')[1].split('/')[0])
-      rest = path.split(f'/x_layers_{layer}/')[1]
-      plain[f'params/lm/transformer/x_layers_{block * 2 + layer}/{rest}'] = value + 1.0
-    elif '/transformer/' not in path:
-      plain[path] = value + 1.0
-  checkpoints.write_variables(str(tmp_path / 'checkpoint_00000005' / 'state'), plain)
-  loaded, provenance = checkpoints.load_into(
-      init_vars, str(tmp_path), load_rules=naming.backbone_from_transformer_lm(4, 2))
-  for path, value in init_vars.items():
-    if '/backbone/' in path or '/transformer/' not in path:
-      np.testing.assert_array_equal(loaded[path], value + 1.0)
-      assert provenance[path].endswith('checkpoint_00000005')
-    else:
-      np.testing.assert_array_equal(loaded[path], value)
+    src = _plain_lm_path(path)
+    if src is None:
+      np.testing.assert_array_equal(loaded[path], value, err_msg=path)
       assert provenance[path] == 'random_init'
+      continue
+    sources.add(src)
+    np.testing.assert_array_equal(loaded[path], saved[src], err_msg=path)
+    assert provenance[path] == str(tmp_path / 'checkpoint_00000005')
+    if value.ndim >= 2:  # random weights: paxml drew other values than our initialisation
+      assert not np.array_equal(loaded[path], value), path
+  assert sources == set(saved)  # every variable paxml saved went somewhere
+
+  # An ignore rule is a prefix match in Pax (re.match): it keeps block 1 at its initial values.
+  loaded, _ = checkpoints.load_into(init_vars, str(tmp_path), load_rules=rules,
+                                    ignore_rules=[r'params/lm/transformer/blocks_1/'])
+  for path, value in init_vars.items():
+    expected = value if '/blocks_1/' in path or _plain_lm_path(path) is None else (
+        saved[_plain_lm_path(path)])
+    np.testing.assert_array_equal(loaded[path], expected, err_msg=path)
+
   trainer = build.mpmd_trainer(EXP, 'mesh5', optimizer=_optimizer())
   state = trainer.init_state(loaded)
   _, loss, _, _ = trainer.step(state, _batches()[0])
   assert np.isfinite(float(loss))
+
+
+def _pax_mapping(names, load_rules, ignore_rules, safe_load=False) -> dict[str, str]:
+  """paxml's own mapping (tasks_lib._get_var_mapping, Pax's dotted names) for '/' paths."""
+  mapping, _ = tasks_lib._get_var_mapping(  # pylint: disable=protected-access
+      [n.replace('/', '.') for n in names], [(re.compile(r), f) for r, f in load_rules],
+      [re.compile(r) for r in ignore_rules], {}, 'ckpt', 'Var', safe_load)
+  return {k.replace('.', '/'): v.replace('.', '/') for k, v in mapping.items()}
+
+
+def _fullmatch_mapping(names, load_rules, ignore_rules) -> dict[str, str]:
+  """What whole-path matching would map instead (the semantics Pax does not have)."""
+  out = {}
+  for name in names:
+    if any(re.fullmatch(r, name) for r in ignore_rules):
+      continue
+    for regex, fmt in load_rules:
+      m = re.fullmatch(regex, name)
+      if m:
+        out[name] = fmt.format(*m.groups())
+        break
+  return out
+
+
+@pytest.mark.parametrize('load_rules,ignore_rules', [
+    # An ignore rule that is a prefix of the paths of block 1.
+    (naming.backbone_from_transformer_lm(4, 2), [r'params/lm/transformer/blocks_1/']),
+    # A rule matching the start of the softmax paths, ahead of a rule matching every path: the
+    # first rule that matches wins, with the rest of the path dropped from its groups.
+    ([(r'params/lm/softmax/logits_ffn/(\w+)', 'params/lm/emb/{}'), (r'(params/lm/.*)', '{}')],
+     []),
+])
+def test_load_rules_map_variables_as_pax_does(init_vars, load_rules, ignore_rules):
+  names = list(init_vars)
+  mapping = checkpoints.var_mapping(names, load_rules, ignore_rules)
+  assert mapping == _pax_mapping(names, load_rules, ignore_rules)
+  assert mapping != _fullmatch_mapping(names, load_rules, ignore_rules)  # the case tells them apart
+
+
+@pytest.mark.parametrize('load_rules,refused', [
+    # The first rule maps nothing (a MoDE LM has no transformer/x_layers_0).
+    ([(r'params/lm/transformer/x_layers_0/(.*)', 'params/lm/{}'), (r'(params/lm/.*)', '{}')],
+     True),
+    # The second rule is never tried: the first matches every path first.
+    ([(r'(params/lm/.*)', '{}'), (r'params/lm/transformer/x_layers_0/(.*)', 'params/lm/{}')],
+     False),
+])
+def test_safe_load_refuses_rules_that_map_nothing_as_pax_does(init_vars, load_rules, refused):
+  names = list(init_vars)
+  for mapping_fn in (checkpoints.var_mapping, _pax_mapping):
+    if refused:
+      with pytest.raises(ValueError, match='x_layers_0'):
+        mapping_fn(names, load_rules, [], safe_load=True)
+    else:
+      assert mapping_fn(names, load_rules, [], safe_load=True) == {n: n for n in names}

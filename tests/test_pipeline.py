@@ -1,57 +1,99 @@
 """The stage scheduler of the main job and the studies (mode_pax.pipeline.run_stages).
 
-Stages are replaced by recording functions here: what is checked is the order the scheduler
-starts them in, not training (tests/test_experiments.py trains through it for real).
+Stages are replaced by stand-ins that run until the test releases them, so the test decides when
+each stage ends: which stages run side by side and the order they start in do not depend on the
+machine's speed. What is checked is the scheduling, not training (tests/test_experiments.py
+trains through it for real).
 """
 
+from concurrent import futures
 import threading
-import time
 
+from absl import app
 import pytest
 
 from mode_pax import pipeline
 
 MODULE = 'tests.tiny_experiments'
+T, E = 'train', 'eval'
+# Bounds a wait only when the scheduler is wrong (a stage it never starts or never ends).
+TIMEOUT = 60
 
 
-class Recorder:
-  """Stands in for train_stage / evaluate_stage: logs start and end, can fail on one stage."""
+class Stages:
+  """Stands in for train_stage / evaluate_stage: a stage runs until the test releases it."""
 
-  def __init__(self, fail=None, seconds=0.05):
-    self.events, self.fail, self.seconds = [], fail, seconds
-    self._lock = threading.Lock()
-    self.running = self.most_running = 0
+  def __init__(self):
+    self.events = []  # ('start' | 'end', kind, name) in the order they happened
+    self.running = set()  # (kind, name) of the stages started and not yet released
+    self.fail = None  # (kind, name) of a stage that raises once released
+    self._released = set()
+    self._release_all = False
+    self._cond = threading.Condition()
 
   def _run(self, kind, name):
-    with self._lock:
+    task = (kind, name)
+    with self._cond:
       self.events.append(('start', kind, name))
-      self.running += 1
-      self.most_running = max(self.most_running, self.running)
-    time.sleep(self.seconds)
-    with self._lock:
-      self.running -= 1
+      self.running.add(task)
+      self._cond.notify_all()
+      self._cond.wait_for(lambda: task in self._released or self._release_all)
+      self.running.remove(task)
       self.events.append(('end', kind, name))
-    if (kind, name) == self.fail:
+      self._cond.notify_all()
+    if task == self.fail:
       raise RuntimeError(f'{kind} {name} broke')
-    return {'math': 1.0} if kind == 'eval' else None
+    return {'math': 1.0} if kind == E else None
 
   def train(self, module, name):
     assert module == MODULE
-    return self._run('train', name)
+    return self._run(T, name)
 
   def evaluate(self, module, name):
-    return self._run('eval', name)
+    assert module == MODULE
+    return self._run(E, name)
+
+  def wait_running(self, expected):
+    """Waits until exactly `expected` run. They keep running until released, so a stage the
+    scheduler starts too early or too late shows here as a mismatch."""
+    with self._cond:
+      if not self._cond.wait_for(lambda: self.running == set(expected), TIMEOUT):
+        pytest.fail(f'running {sorted(self.running)}, expected {sorted(expected)}; events '
+                    f'{self.events}')
+
+  def release(self, task):
+    with self._cond:
+      self._released.add(task)
+      self._cond.notify_all()
+
+  def release_all(self):
+    with self._cond:
+      self._release_all = True
+      self._cond.notify_all()
 
   def index(self, what, kind, name):
     return self.events.index((what, kind, name))
 
 
 @pytest.fixture
-def recorder(monkeypatch):
-  rec = Recorder()
-  monkeypatch.setattr(pipeline, 'train_stage', rec.train)
-  monkeypatch.setattr(pipeline, 'evaluate_stage', rec.evaluate)
-  return rec
+def stages(monkeypatch):
+  stand_in = Stages()
+  monkeypatch.setattr(pipeline, 'train_stage', stand_in.train)
+  monkeypatch.setattr(pipeline, 'evaluate_stage', stand_in.evaluate)
+  yield stand_in
+  stand_in.release_all()  # a failed test leaves no stage (nor the scheduler's pool) waiting
+
+
+def _in_background(fn, *args, **kwargs) -> futures.Future:
+  future = futures.Future()
+
+  def target():
+    try:
+      future.set_result(fn(*args, **kwargs))
+    except Exception as e:  # pylint: disable=broad-except
+      future.set_exception(e)
+  threading.Thread(target=target, daemon=True).start()
+  return future
 
 
 def test_upstream_stages_come_from_backbone_and_experts():
@@ -61,30 +103,84 @@ def test_upstream_stages_come_from_backbone_and_experts():
       'Backbone', 'MathExpert', 'CodeExpert']
 
 
-@pytest.mark.parametrize('jobs', [1, 2, 3])
-def test_every_stage_starts_after_its_upstream_runs_end(recorder, jobs):
-  metrics = pipeline.run_stages(MODULE, ['ComposeMathCode', 'LoraMathCode'],
-                                ['ComposeMathCode', 'Backbone'], jobs=jobs)
-  assert metrics == {'ComposeMathCode': {'math': 1.0}, 'Backbone': {'math': 1.0}}
-  started = [(k, n) for what, k, n in recorder.events if what == 'start']
+# Training ComposeMathCode and LoraMathCode and evaluating ComposeMathCode and Backbone, `jobs` at
+# a time: the stages running once the scheduler has started all it may, and the one the test
+# then ends. A stage starts once its upstream runs ended; among ready stages training comes
+# before evaluation, in the order upstream-first; never more than `jobs` at once.
+SCHEDULES = {
+    1: [({(T, 'Backbone')}, (T, 'Backbone')),
+        ({(T, 'MathExpert')}, (T, 'MathExpert')),
+        ({(T, 'CodeExpert')}, (T, 'CodeExpert')),
+        ({(T, 'ComposeMathCode')}, (T, 'ComposeMathCode')),
+        ({(T, 'LoraMathCode')}, (T, 'LoraMathCode')),
+        ({(E, 'ComposeMathCode')}, (E, 'ComposeMathCode')),
+        ({(E, 'Backbone')}, (E, 'Backbone'))],
+    2: [({(T, 'Backbone')}, (T, 'Backbone')),
+        ({(T, 'MathExpert'), (T, 'CodeExpert')}, (T, 'MathExpert')),
+        ({(T, 'CodeExpert'), (T, 'LoraMathCode')}, (T, 'CodeExpert')),
+        ({(T, 'LoraMathCode'), (T, 'ComposeMathCode')}, (T, 'LoraMathCode')),
+        ({(T, 'ComposeMathCode'), (E, 'Backbone')}, (T, 'ComposeMathCode')),
+        ({(E, 'Backbone'), (E, 'ComposeMathCode')}, (E, 'Backbone')),
+        ({(E, 'ComposeMathCode')}, (E, 'ComposeMathCode'))],
+    3: [({(T, 'Backbone')}, (T, 'Backbone')),
+        ({(T, 'MathExpert'), (T, 'CodeExpert'), (T, 'LoraMathCode')}, (T, 'MathExpert')),
+        ({(T, 'CodeExpert'), (T, 'LoraMathCode'), (E, 'Backbone')}, (T, 'CodeExpert')),
+        ({(T, 'LoraMathCode'), (E, 'Backbone'), (T, 'ComposeMathCode')}, (T, 'ComposeMathCode')),
+        ({(T, 'LoraMathCode'), (E, 'Backbone'), (E, 'ComposeMathCode')}, (E, 'Backbone')),
+        ({(T, 'LoraMathCode'), (E, 'ComposeMathCode')}, (T, 'LoraMathCode')),
+        ({(E, 'ComposeMathCode')}, (E, 'ComposeMathCode'))],
+}
+
+
+@pytest.mark.parametrize('jobs', sorted(SCHEDULES))
+def test_stages_start_once_upstream_runs_end_at_most_jobs_at_a_time(stages, jobs):
+  run = _in_background(pipeline.run_stages, MODULE, ['ComposeMathCode', 'LoraMathCode'],
+                       ['ComposeMathCode', 'Backbone'], jobs=jobs)
+  for running, release in SCHEDULES[jobs]:
+    stages.wait_running(running)
+    stages.release(release)
+  assert run.result(TIMEOUT) == {'ComposeMathCode': {'math': 1.0}, 'Backbone': {'math': 1.0}}
+  started = [(k, n) for what, k, n in stages.events if what == 'start']
   # Upstream runs are added by the scheduler; each stage runs exactly once.
   assert sorted(started) == sorted([
-      ('train', 'Backbone'), ('train', 'MathExpert'), ('train', 'CodeExpert'),
-      ('train', 'ComposeMathCode'), ('train', 'LoraMathCode'),
-      ('eval', 'ComposeMathCode'), ('eval', 'Backbone')])
+      (T, 'Backbone'), (T, 'MathExpert'), (T, 'CodeExpert'), (T, 'ComposeMathCode'),
+      (T, 'LoraMathCode'), (E, 'ComposeMathCode'), (E, 'Backbone')])
   for kind, name in started:
-    deps = ([('train', name)] if kind == 'eval' else
-            [('train', up) for up in pipeline.upstream_stages(MODULE, name)])
+    deps = ([(T, name)] if kind == E else
+            [(T, up) for up in pipeline.upstream_stages(MODULE, name)])
     for dep in deps:
-      assert recorder.index('end', *dep) < recorder.index('start', kind, name), (dep, name)
-  assert recorder.most_running == min(jobs, 3)  # after Backbone: 2 experts + LoRA are ready
+      assert stages.index('end', *dep) < stages.index('start', kind, name), (dep, name)
 
 
-def test_a_failure_starts_nothing_downstream_and_is_raised(recorder):
-  recorder.fail = ('train', 'MathExpert')
+def test_a_failure_starts_nothing_new_and_is_raised_once_running_stages_end(stages):
+  stages.fail = (T, 'MathExpert')
+  run = _in_background(pipeline.run_stages, MODULE, ['ComposeMathCode', 'LoraMathCode'],
+                       ['ComposeMathCode'], jobs=2)
+  stages.wait_running({(T, 'Backbone')})
+  stages.release((T, 'Backbone'))
+  stages.wait_running({(T, 'MathExpert'), (T, 'CodeExpert')})
+  stages.release((T, 'MathExpert'))  # fails; LoraMathCode is ready for the freed slot
+  # The stage running beside the failed one is waited for: no result while it runs.
+  with pytest.raises(futures.TimeoutError):
+    run.result(timeout=1)
+  stages.wait_running({(T, 'CodeExpert')})
+  stages.release((T, 'CodeExpert'))
   with pytest.raises(RuntimeError, match='MathExpert broke'):
-    pipeline.run_stages(MODULE, ['ComposeMathCode'], ['ComposeMathCode'], jobs=2)
-  started = {n for what, _, n in recorder.events if what == 'start'}
-  assert 'ComposeMathCode' not in started
-  # The stage running beside the failed one was allowed to finish.
-  assert ('end', 'train', 'CodeExpert') in recorder.events
+    run.result(TIMEOUT)
+  started = {(k, n) for what, k, n in stages.events if what == 'start'}
+  assert started == {(T, 'Backbone'), (T, 'MathExpert'), (T, 'CodeExpert')}
+  assert ('end', T, 'CodeExpert') in stages.events
+
+
+@pytest.mark.parametrize('jobs', [0, -3])
+def test_jobs_below_one_is_refused_naming_the_flag(jobs):
+  with pytest.raises(app.UsageError, match=rf'--jobs={jobs}: .* 1 or more'):
+    pipeline.check_flags('small', jobs)
+  with pytest.raises(ValueError, match=f'jobs={jobs}'):
+    pipeline.run_stages(MODULE, ['Backbone'], jobs=jobs)
+
+
+def test_unknown_scale_is_refused_naming_the_choices():
+  with pytest.raises(app.UsageError, match=r"--scale='nonsense'.*small"):
+    pipeline.check_flags('nonsense', 2)
+  assert pipeline.check_flags('small', 2) == 'mode.small'

@@ -5,12 +5,19 @@ Steps: fetch the pinned sources (sha256-checked) -> normalize text -> split dete
 address) -> drop exact duplicate documents -> train one SentencePiece vocabulary on the
 training splits -> cut documents into examples of at most `example_length - 1` tokens (room
 for EOS) at line boundaries -> drop exact duplicate examples (a copy in an evaluation split
-of anything earlier, e.g. in train, is removed) -> write TFRecord files, size-limited training
-prefixes, `build_info.json` and `DATA_CARD.md`.
+of anything earlier, e.g. in train, is removed) -> write each dataset as a config of the TFDS
+dataset `mode_corpus` (mode_pax/data/mode_corpus.py), then `build_info.json` and `DATA_CARD.md`.
 
-Every part (vocab, each dataset) is written to a staging folder and renamed into place with
-a `_COMPLETE.json` marker written last, so a half-finished build never looks complete;
-a rerun skips parts whose marker carries the same build fingerprint.
+Layout of data_dir (a TFDS data_dir: `tfds.load('mode_corpus/code', data_dir=data_dir)`):
+  mode_corpus/<dataset>/<version>/  TFDS files of english, sotu, code, math
+  vocab/spm.model                   the SentencePiece vocabulary
+  downloads/                        the fetched sources
+  build_info.json, DATA_CARD.md     written last: the whole build is complete
+
+Every part (vocab, each dataset) is written to a local staging folder and moved into place
+with its marker last (vocab: `_COMPLETE.json`; a dataset: TFDS's `metadata.json`, which holds
+the build fingerprint), so a half-finished build never looks complete; a rerun skips parts
+whose marker carries the same build fingerprint.
 """
 
 import collections
@@ -21,6 +28,7 @@ import json
 import os
 import posixpath
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -33,11 +41,13 @@ from absl import logging
 import sentencepiece as spm
 import tensorflow as tf
 
+from mode_pax import paths
 from mode_pax.data import errors
+from mode_pax.data import mode_corpus
 from mode_pax.data import sources as sources_lib
 
-BUILD_FORMAT_VERSION = 1
-SPLITS = ('train', 'validation', 'test')
+BUILD_FORMAT_VERSION = 2  # 2: datasets are TFDS configs of mode_corpus (1: plain TFRecords)
+SPLITS = mode_corpus.SPLITS
 DATASETS = ('english', 'sotu', 'code', 'math')
 # Which manifest domain feeds which dataset.
 DOMAIN_TO_DATASET = {'english': 'english', 'english_general': 'sotu', 'code': 'code',
@@ -50,7 +60,7 @@ DEFAULT_MIXTURE_SIZES = (100, 300, 1000, 3000, 10000)
 
 def default_data_dir() -> str:
   """$MODE_PAX_DATA_DIR, else <repo>/data/build."""
-  return os.environ.get('MODE_PAX_DATA_DIR') or str(sources_lib.REPO_ROOT / 'data' / 'build')
+  return paths.data_dir()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +95,7 @@ class BuildConfig:
 def _code_digest() -> str:
   """Digest of the build code, so a changed build never reuses stale parts."""
   digest = hashlib.sha256()
-  for module in (__file__, sources_lib.__file__):
+  for module in (__file__, sources_lib.__file__, mode_corpus.__file__):
     with open(module, 'rb') as f:
       digest.update(f.read())
   return digest.hexdigest()
@@ -117,28 +127,38 @@ def read_json(path: str) -> Any:
     return json.loads(f.read())
 
 
+def part_dir(data_dir: str, part: str) -> str:
+  """Folder of a part: 'vocab', or a dataset (its TFDS dataset dir)."""
+  return _join(data_dir, 'vocab') if part == 'vocab' else mode_corpus.dataset_dir(data_dir, part)
+
+
+def _marker_name(part: str) -> str:
+  return MARKER if part == 'vocab' else mode_corpus.METADATA_FILE
+
+
 def part_is_complete(data_dir: str, part: str, fingerprint: str | None = None) -> bool:
-  marker = _join(data_dir, part, MARKER)
+  marker = _join(part_dir(data_dir, part), _marker_name(part))
   if not tf.io.gfile.exists(marker):
     return False
   return fingerprint is None or read_json(marker).get('fingerprint') == fingerprint
 
 
-def _publish(staging: str, final: str, fingerprint: str, summary: dict[str, Any]) -> None:
-  """Moves a finished staging folder into place; its marker is the last file to appear."""
+def _publish(staging: str, final: str, marker: str) -> None:
+  """Moves a finished local staging folder into place; its `marker` file appears last."""
   if tf.io.gfile.exists(final):
     tf.io.gfile.rmtree(final)
-  marker = {'fingerprint': fingerprint, **summary}
   if '://' not in final:
-    _write_json(_join(staging, MARKER), marker)
-    os.replace(staging, final)  # atomic on one local file system
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    os.replace(staging, final)  # atomic: staging is on the same local file system
     return
-  # Object stores have no folder rename: move files one by one, marker last.
-  tf.io.gfile.makedirs(final)
-  for name in sorted(tf.io.gfile.listdir(staging)):
-    tf.io.gfile.rename(_join(staging, name), _join(final, name), overwrite=True)
-  tf.io.gfile.rmtree(staging)
-  _write_json(_join(final, MARKER), marker)
+  # Object stores have no folder rename: copy files one by one, marker last.
+  names = sorted(os.path.relpath(os.path.join(root, f), staging)
+                 for root, _, files in os.walk(staging) for f in files)
+  for name in sorted(names, key=lambda n: n == marker):
+    target = _join(final, *name.split(os.sep))
+    tf.io.gfile.makedirs(posixpath.dirname(target))
+    tf.io.gfile.copy(os.path.join(staging, name), target, overwrite=True)
+  shutil.rmtree(staging)
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,28 +346,13 @@ class Example:
   num_tokens: int = 0
 
 
-def _serialize(ex: Example) -> bytes:
-  feature = {
-      'text': tf.train.Feature(bytes_list=tf.train.BytesList(value=[ex.text.encode('utf-8')])),
-      'doc_id': tf.train.Feature(bytes_list=tf.train.BytesList(value=[ex.doc_id.encode()])),
-      'num_tokens': tf.train.Feature(int64_list=tf.train.Int64List(value=[ex.num_tokens])),
-  }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def _write_tfrecord(path: str, examples: Sequence[Example]) -> None:
-  with tf.io.TFRecordWriter(path) as writer:
-    for ex in examples:
-      writer.write(_serialize(ex))
-
-
 def size_variants(config: BuildConfig, n_code: int, n_math: int) -> dict[str, list[int]]:
-  """Training-prefix sizes to write per dataset, and the balanced mixture size."""
+  """The size variants the data allows: Code sizes, Math+Code sizes, balanced mixture size.
+
+  A variant trains on a prefix (TFDS slice `train[:N]`) of the shuffled training split.
+  """
   balanced = min(n_code, n_math)
-  halves = [m // 2 for m in config.mixture_sizes if m // 2 <= balanced]
   return {
-      'code': sorted({n for n in config.code_sizes if n <= n_code} | set(halves) | {balanced}),
-      'math': sorted(set(halves) | {balanced}),
       'code_variants': sorted(n for n in config.code_sizes if n <= n_code),
       'mixture_variants': sorted(m for m in config.mixture_sizes if m // 2 <= balanced),
       'balanced': [balanced],
@@ -382,9 +387,12 @@ def build(config: BuildConfig) -> dict[str, Any]:
     return info
   if tf.io.gfile.exists(info_path):
     tf.io.gfile.remove(info_path)  # the parts are about to change
-  staging_root = _join(data_dir, '.staging')
-  if tf.io.gfile.exists(staging_root):
-    tf.io.gfile.rmtree(staging_root)
+  # Parts are made in a local staging folder (TFDS writes there): inside data_dir when it is
+  # local, so moving a part into place is a rename; else in the temporary folder.
+  staging_root = _join(data_dir, '.staging') if '://' not in data_dir else os.path.join(
+      tempfile.gettempdir(), f'mode_pax_staging.{_hash(data_dir)[:16]}')
+  if os.path.exists(staging_root):
+    shutil.rmtree(staging_root)  # left by an interrupted build
 
   # 1. Fetch, verify, extract.
   downloads = _join(data_dir, 'downloads')
@@ -420,7 +428,7 @@ def build(config: BuildConfig) -> dict[str, Any]:
 
   # 3. Vocabulary.
   skipped = []
-  vocab_dir = _join(data_dir, 'vocab')
+  vocab_dir = part_dir(data_dir, 'vocab')
   if part_is_complete(data_dir, 'vocab', fingerprint):
     skipped.append('vocab')
     with tf.io.gfile.GFile(_join(vocab_dir, 'spm.model'), 'rb') as f:
@@ -433,12 +441,17 @@ def build(config: BuildConfig) -> dict[str, Any]:
                                  config.spm_sample_bytes, config.seed)
       model_proto = train_vocabulary(sentences, config.vocab_size, config.spm_hard_vocab_limit)
       made = {'sentences': len(sentences)}
-    staging = _join(staging_root, f'vocab.{uuid.uuid4().hex[:8]}')
-    tf.io.gfile.makedirs(staging)
-    _write_bytes(_join(staging, 'spm.model'), model_proto)
-    _publish(staging, vocab_dir, fingerprint, made)
+    staging = os.path.join(staging_root, f'vocab.{uuid.uuid4().hex[:8]}')
+    os.makedirs(staging)
+    _write_bytes(os.path.join(staging, 'spm.model'), model_proto)
+    _write_json(os.path.join(staging, MARKER), {'fingerprint': fingerprint, **made})
+    _publish(staging, vocab_dir, MARKER)
   sp = spm.SentencePieceProcessor(model_proto=model_proto)
   vocab_size = sp.get_piece_size()
+  vocab_info = {'file': 'vocab/spm.model', 'size': vocab_size, 'pad_id': 0,
+                'eos_id': sp.eos_id(), 'unk_id': sp.unk_id(), 'bos_id': sp.bos_id(),
+                'sha256': hashlib.sha256(model_proto).hexdigest(),
+                **({'given': config.spm_model} if config.spm_model else {})}
 
   # 4. Examples, deduplicated across all datasets and splits (train first).
   chunker = Chunker(model_proto, config.example_length - 1)
@@ -461,35 +474,34 @@ def build(config: BuildConfig) -> dict[str, Any]:
         random.Random(f'{config.seed}:{dataset}').shuffle(kept)
       examples.setdefault(dataset, {})[split] = kept
 
-  # 5. Write datasets.
+  # 5. Write each dataset as a config of the TFDS dataset mode_corpus.
   sizes = size_variants(config, len(examples['code']['train']), len(examples['math']['train']))
   datasets_info = {}
   for dataset in DATASETS:
     stats = {s: _stats(examples[dataset][s], len(splits[dataset][s])) for s in SPLITS}
-    prefixes = sizes.get(dataset, []) if dataset in ('code', 'math') else []
-    files = {s: f'{dataset}/{s}.tfrecord' for s in SPLITS}
-    files.update({f'train_n{n}': f'{dataset}/train_n{n}.tfrecord' for n in prefixes})
-    datasets_info[dataset] = {'files': files, 'stats': stats,
-                              'train_prefix_sizes': prefixes}
+    datasets_info[dataset] = {
+        'tfds_name': mode_corpus.tfds_name(dataset),
+        'dir': mode_corpus.relative_dir(dataset),
+        'stats': stats}
     if part_is_complete(data_dir, dataset, fingerprint):
       skipped.append(dataset)
       continue
-    staging = _join(staging_root, f'{dataset}.{uuid.uuid4().hex[:8]}')
-    tf.io.gfile.makedirs(staging)
-    for split in SPLITS:
-      _write_tfrecord(_join(staging, f'{split}.tfrecord'), examples[dataset][split])
-    for n in prefixes:
-      _write_tfrecord(_join(staging, f'train_n{n}.tfrecord'), examples[dataset]['train'][:n])
-    _publish(staging, _join(data_dir, dataset), fingerprint, {'stats': stats})
-  if tf.io.gfile.exists(staging_root):
-    tf.io.gfile.rmtree(staging_root)
+    metadata = {'fingerprint': fingerprint, 'example_length': config.example_length,
+                'vocab': vocab_info, 'stats': stats}
+    tfds_root = os.path.join(staging_root, f'{dataset}.{uuid.uuid4().hex[:8]}')
+    staged = mode_corpus.prepare(dataset, examples[dataset], metadata, tfds_root)
+    # TFDS's marker of which config `tfds.load('mode_corpus')` reads; the same in every build.
+    default_config = os.path.join(tfds_root, mode_corpus.NAME, '.config', 'metadata.json')
+    if os.path.exists(default_config):
+      _publish(os.path.dirname(default_config), _join(data_dir, mode_corpus.NAME, '.config'),
+               'metadata.json')
+    _publish(staged, part_dir(data_dir, dataset), mode_corpus.METADATA_FILE)
+  shutil.rmtree(staging_root)
 
   info = {
       'fingerprint': fingerprint,
       'format_version': BUILD_FORMAT_VERSION,
-      'vocab': {'file': 'vocab/spm.model', 'size': vocab_size, 'pad_id': 0,
-                'eos_id': sp.eos_id(), 'unk_id': sp.unk_id(), 'bos_id': sp.bos_id(),
-                **({'given': config.spm_model} if config.spm_model else {})},
+      'vocab': vocab_info,
       'example_length': config.example_length,
       'seed': config.seed,
       'datasets': datasets_info,
@@ -534,6 +546,10 @@ def data_card(info: dict[str, Any]) -> str:
       f"Build fingerprint `{info['fingerprint']}`. " + _vocab_card(info['vocab']) +
       f" Examples hold at most {info['example_length'] - 1} tokens (+EOS = "
       f"{info['example_length']}); tokens below exclude EOS.", '',
+      'Each dataset is a config of the TensorFlow Datasets dataset `mode_corpus` '
+      f"(version {mode_corpus.VERSION}; features text, doc_id, num_tokens), e.g. "
+      "`tfds.load('mode_corpus/code', data_dir=DATA_DIR, split='train[:100]')` with DATA_DIR "
+      'the build folder (data/build by default).', '',
       '| dataset | split | documents | examples | tokens | bytes |',
       '|---|---|---:|---:|---:|---:|']
   for dataset, d in info['datasets'].items():
@@ -554,8 +570,10 @@ def data_card(info: dict[str, Any]) -> str:
       '- Exact duplicates are removed: documents first, then examples, across all datasets '
       '(a copy in validation/test of anything in train is dropped). Removed: '
       + (', '.join(f'{k} {v}' for k, v in info['removed_duplicates'].items()) or 'none') + '.',
-      f"- Size variants: code training prefixes n = {info['code_sizes']}; Math+Code mixture "
-      f"sizes {info['mixture_sizes']} (half from each); full mixture "
+      '- Size variants train on a prefix of the training split (stored in a fixed '
+      'pseudo-random order), the TFDS slice '
+      f"`train[:N]`: code n = {info['code_sizes']}; Math+Code mixture sizes "
+      f"{info['mixture_sizes']} (`train[:N/2]` of math and of code); full mixture "
       f"{info['mixture_balanced_per_domain']:,} examples from each domain.",
       '', '## Sources and caps', '',
       '| source | dataset domain | registry | version | sha256 | licence | options (caps) |',
@@ -599,7 +617,7 @@ def main(argv: Sequence[str]) -> None:
   manifest = os.path.abspath(_MANIFEST.value)
   card_out = _CARD_OUT.value
   if card_out is None and manifest == str(sources_lib.DEFAULT_MANIFEST):
-    card_out = str(sources_lib.REPO_ROOT / 'data' / 'DATA_CARD.md')
+    card_out = str(paths.REPO_ROOT / 'data' / 'DATA_CARD.md')
   config = BuildConfig(
       data_dir=_DATA_DIR.value or default_data_dir(), manifest=manifest,
       vocab_size=_VOCAB_SIZE.value, example_length=_EXAMPLE_LENGTH.value, seed=_SEED.value,
@@ -613,7 +631,8 @@ def main(argv: Sequence[str]) -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   print(f"Data ready in {config.data_dir}: vocab {info['vocab']['size']}, "
-        f"skipped parts {info['skipped_parts']}")
+        f"skipped parts {info['skipped_parts']}; read it with e.g. "
+        f"tfds.load('{mode_corpus.NAME}/code', data_dir='{config.data_dir}')")
 
 
 if __name__ == '__main__':

@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterator
 
 import tensorflow as tf
 
+from mode_pax import paths
 from mode_pax.data import errors
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-DEFAULT_MANIFEST = REPO_ROOT / 'data' / 'sources.json'
+DEFAULT_MANIFEST = paths.REPO_ROOT / 'data' / 'sources.json'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""seqio tasks for MoDE: English, Code, Math, the Math+Code mixture and size variants.
+"""seqio tasks and mixtures for MoDE, read from the TFDS dataset `mode_corpus`.
 
 Names (splits `train`, `validation`, `test`):
   mode_english_pretrain  literature training works + State of the Union (backbone pre-training)
@@ -7,7 +7,14 @@ Names (splits `train`, `validation`, `test`):
   mode_math_code         the Math+Code mixture: equal numbers of training examples from each
   mode_code_n{N}         Code with N training examples (Figure 3)
   mode_math_code_n{N}    Math+Code with N training examples, N/2 from each (Figure 5)
-Size variants share the full validation and test splits.
+  mode_sotu, mode_math_n{N}  the parts of the mixtures (State of the Union; Math, N examples)
+Size variants train on the first N examples of the (shuffled) training split, the TFDS slice
+`train[:N]`, and share the full validation and test splits.
+
+Tasks read one `mode_corpus` config each (seqio.TfdsDataSource); mode_english_pretrain and the
+Math+Code mixtures are seqio Mixtures of two tasks with rates equal to their training examples,
+so every training example is equally likely, as if the two were one dataset; an evaluation pass
+(one epoch) reads every example of both once.
 
 Every task yields `targets` (int32 token ids, EOS appended). Examples longer than the
 requested `targets` length are cut into several examples, never silently truncated.
@@ -22,24 +29,24 @@ import tensorflow as tf
 
 from mode_pax.data import build as build_lib
 from mode_pax.data import errors
+from mode_pax.data import mode_corpus
 
 ENGLISH_PRETRAIN = 'mode_english_pretrain'
 ENGLISH = 'mode_english'
+SOTU = 'mode_sotu'
 CODE = 'mode_code'
 MATH = 'mode_math'
 MATH_CODE = 'mode_math_code'
 SPLITS = build_lib.SPLITS
+_DATASET_TASKS = {'english': ENGLISH, 'sotu': SOTU, 'code': CODE, 'math': MATH}
+_join = build_lib._join  # pylint: disable=protected-access  # local paths and gs:// alike
 
-FEATURE_DESCRIPTION = {
-    'text': tf.io.FixedLenFeature([], tf.string),
-    'doc_id': tf.io.FixedLenFeature([], tf.string),
-    'num_tokens': tf.io.FixedLenFeature([], tf.int64),
-}
-
-_registered: dict[str, str] = {}  # task name -> data_dir it was registered for
+# Name -> (data_dir, build fingerprint) it was registered for.
+_registered: dict[str, tuple[str, str]] = {}
 
 
 def resolve_data_dir(data_dir: str | None = None) -> str:
+  """data_dir, else $MODE_PAX_DATA_DIR or data/build; made absolute (no file system access)."""
   data_dir = data_dir or build_lib.default_data_dir()
   return data_dir if '://' in data_dir else os.path.abspath(data_dir)
 
@@ -53,18 +60,21 @@ def _not_built(data_dir: str, what: str) -> errors.DataNotBuiltError:
 @functools.lru_cache(maxsize=None)
 def _load_info(data_dir: str, mtime_key: Any) -> dict[str, Any]:
   del mtime_key
-  return build_lib.read_json(os.path.join(data_dir, build_lib.INFO_FILE) if '://' not in
-                             data_dir else f'{data_dir}/{build_lib.INFO_FILE}')
+  return build_lib.read_json(_join(data_dir, build_lib.INFO_FILE))
 
 
 def build_info(data_dir: str | None = None) -> dict[str, Any]:
   """The build's build_info.json; DataNotBuiltError if the build is missing or partial."""
   data_dir = resolve_data_dir(data_dir)
-  path = build_lib._join(data_dir, build_lib.INFO_FILE)  # pylint: disable=protected-access
+  path = _join(data_dir, build_lib.INFO_FILE)
   if not tf.io.gfile.exists(path):
     raise _not_built(data_dir, f'{path} is missing')
   stat = tf.io.gfile.stat(path)
   info = _load_info(data_dir, (stat.mtime_nsec, stat.length))
+  if info.get('format_version') != build_lib.BUILD_FORMAT_VERSION:
+    raise _not_built(data_dir, f"{path} is from an older build (format "
+                     f"{info.get('format_version')}; this code reads format "
+                     f'{build_lib.BUILD_FORMAT_VERSION})')
   for part in ('vocab',) + build_lib.DATASETS:
     if not build_lib.part_is_complete(data_dir, part, info['fingerprint']):
       raise _not_built(data_dir, f'part {part!r} is missing or from another build')
@@ -74,17 +84,12 @@ def build_info(data_dir: str | None = None) -> dict[str, Any]:
 def vocabulary(data_dir: str | None = None) -> seqio.SentencePieceVocabulary:
   data_dir = resolve_data_dir(data_dir)
   info = build_info(data_dir)
-  return seqio.SentencePieceVocabulary(build_lib._join(data_dir, info['vocab']['file']))  # pylint: disable=protected-access
+  return seqio.SentencePieceVocabulary(_join(data_dir, info['vocab']['file']))
 
 
 def vocab_size(data_dir: str | None = None) -> int:
   """Number of SentencePiece pieces (the model's vocabulary size)."""
   return int(build_info(data_dir)['vocab']['size'])
-
-
-@seqio.map_over_dataset
-def _text_to_targets(ex):
-  return {'targets': ex['text']}
 
 
 def split_to_length(dataset: tf.data.Dataset, sequence_length=None,
@@ -107,67 +112,99 @@ def split_to_length(dataset: tf.data.Dataset, sequence_length=None,
   return dataset.flat_map(_split)
 
 
-def _task(name: str, split_files: dict[str, list[str]], num_examples: dict[str, int],
+def _train_slice(train_examples: int | None) -> str:
+  return 'train' if train_examples is None else f'train[:{train_examples}]'
+
+
+def _task(name: str, dataset: str, train_examples: int | None, data_dir: str,
           vocab: seqio.Vocabulary) -> seqio.Task:
+  splits = {split: split for split in SPLITS}
+  splits['train'] = _train_slice(train_examples)
   return seqio.Task(
       name,
-      source=seqio.TFExampleDataSource(split_files, FEATURE_DESCRIPTION,
-                                       num_input_examples=num_examples),
-      preprocessors=[_text_to_targets, seqio.preprocessors.tokenize, split_to_length,
+      # read_only: a missing config is an error, never something seqio tries to generate.
+      source=seqio.TfdsDataSource(tfds_name=mode_corpus.tfds_name(dataset),
+                                  tfds_data_dir=data_dir, splits=splits, read_only=True),
+      preprocessors=[functools.partial(seqio.preprocessors.rekey, key_map={'targets': 'text'}),
+                     seqio.preprocessors.tokenize, split_to_length,
                      seqio.preprocessors.append_eos_after_trim],
       output_features={'targets': seqio.Feature(vocab, add_eos=True, dtype=tf.int32)},
       metric_fns=[])
 
 
-def task_specs(info: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
-  """Task name -> split -> dataset file keys ('code/train', 'code/train_n100', ...)."""
-  whole = lambda *ds: {s: [f'{d}/{s}' for d in ds] for s in SPLITS}
-  specs = {
-      ENGLISH_PRETRAIN: whole('english', 'sotu'),
-      ENGLISH: whole('english'),
-      CODE: whole('code'),
-      MATH: whole('math'),
-  }
-  k = info['mixture_balanced_per_domain']
-  specs[MATH_CODE] = {**whole('math', 'code'), 'train': [f'math/train_n{k}', f'code/train_n{k}']}
-  for n in info['code_sizes']:
-    specs[f'{CODE}_n{n}'] = {**whole('code'), 'train': [f'code/train_n{n}']}
-  for n in info['mixture_sizes']:
-    specs[f'{MATH_CODE}_n{n}'] = {**whole('math', 'code'),
-                                  'train': [f'math/train_n{n // 2}', f'code/train_n{n // 2}']}
+def task_specs(info: dict[str, Any]) -> dict[str, tuple[str, int | None]]:
+  """Task name -> (mode_corpus config, training examples or None for the whole split)."""
+  specs = {name: (dataset, None) for dataset, name in _DATASET_TASKS.items()}
+  halves = {m // 2 for m in info['mixture_sizes']} | {info['mixture_balanced_per_domain']}
+  for n in sorted(set(info['code_sizes']) | halves):
+    specs[f'{CODE}_n{n}'] = ('code', n)
+  for n in sorted(halves):
+    specs[f'{MATH}_n{n}'] = ('math', n)
   return specs
 
 
-def _num_examples(info: dict[str, Any], key: str) -> int:
-  dataset, split = key.split('/')
-  if split.startswith('train_n'):
-    return int(split[len('train_n'):])
-  return info['datasets'][dataset]['stats'][split]['examples']
+def mixture_specs(info: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+  """Mixture name -> its tasks (see task_specs)."""
+  k = info['mixture_balanced_per_domain']
+  specs = {ENGLISH_PRETRAIN: (ENGLISH, SOTU), MATH_CODE: (f'{MATH}_n{k}', f'{CODE}_n{k}')}
+  for n in info['mixture_sizes']:
+    specs[f'{MATH_CODE}_n{n}'] = (f'{MATH}_n{n // 2}', f'{CODE}_n{n // 2}')
+  return specs
+
+
+def _task_train_examples(info: dict[str, Any], task_name: str) -> int:
+  dataset, n = task_specs(info)[task_name]
+  return info['datasets'][dataset]['stats']['train']['examples'] if n is None else n
 
 
 def num_train_examples(task_name: str, data_dir: str | None = None) -> int:
   """Training examples (documents, before cutting to length) of a registered task's build."""
-  info = build_info(resolve_data_dir(data_dir))
-  return sum(_num_examples(info, k) for k in task_specs(info)[task_name]['train'])
+  data_dir = resolve_data_dir(data_dir)
+  info = build_info(data_dir)
+  mixtures = mixture_specs(info)
+  if task_name in mixtures:
+    return sum(_task_train_examples(info, t) for t in mixtures[task_name])
+  if task_name not in task_specs(info):
+    raise ValueError(f'{task_name!r} is not a MoDE task of the build in {data_dir}; use one '
+                     f'of {sorted(task_specs(info)) + sorted(mixtures)}.')
+  return _task_train_examples(info, task_name)
+
+
+def _forget(name: str) -> None:
+  seqio.TaskRegistry.remove(name)
+  seqio.MixtureRegistry.remove(name)
 
 
 def register_tasks(data_dir: str | None = None) -> list[str]:
-  """Registers all MoDE tasks for the build in data_dir (idempotent); returns their names."""
+  """Registers all MoDE tasks and mixtures for the build in data_dir (idempotent).
+
+  Returns their names (tasks, then mixtures). Raises DataNotBuiltError (naming the command
+  that builds the data) when the build is missing or incomplete.
+  """
   data_dir = resolve_data_dir(data_dir)
   info = build_info(data_dir)
-  vocab = None
-  names = []
-  for name, spec in task_specs(info).items():
-    names.append(name)
-    if _registered.get(name) == data_dir and name in seqio.TaskRegistry.names():
-      continue
-    vocab = vocab or vocabulary(data_dir)
-    files = {}
-    for split, keys in spec.items():
-      files[split] = [build_lib._join(data_dir, info['datasets'][k.split('/')[0]]['files'][  # pylint: disable=protected-access
-          k.split('/')[1]]) for k in keys]
-    counts = {s: sum(_num_examples(info, k) for k in keys) for s, keys in spec.items()}
-    seqio.TaskRegistry.remove(name)
-    seqio.TaskRegistry.add_provider(name, _task(name, files, counts, vocab))
-    _registered[name] = data_dir
+  key = (data_dir, info['fingerprint'])
+  tasks, mixtures = task_specs(info), mixture_specs(info)
+  names = list(tasks) + list(mixtures)
+  if all(_registered.get(n) == key for n in names) and all(
+      n in seqio.TaskRegistry.names() for n in tasks) and all(
+          n in seqio.MixtureRegistry.names() for n in mixtures):
+    return names
+  # seqio memoizes TFDS builders per (name, data_dir): drop those of an earlier build here.
+  memo = seqio.utils.LazyTfdsLoader._MEMOIZED_BUILDERS  # pylint: disable=protected-access
+  for builder_key in [k for k in memo if k[1] == data_dir]:
+    del memo[builder_key]
+  vocab = vocabulary(data_dir)
+  for name, (dataset, n) in tasks.items():
+    _forget(name)
+    seqio.TaskRegistry.add_provider(name, _task(name, dataset, n, data_dir, vocab))
+    _registered[name] = key
+  for name, parts in mixtures.items():
+    _forget(name)
+    seqio.MixtureRegistry.add(
+        name, [(part, _task_train_examples(info, part)) for part in parts],
+        # Not the default (stop at the first empty task): one epoch reads every example once.
+        sample_fn=functools.partial(tf.data.Dataset.sample_from_datasets,
+                                    stop_on_empty_dataset=False))
+    _registered[name] = key
   return names

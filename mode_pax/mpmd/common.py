@@ -9,7 +9,6 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax import numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mode_pax import naming
@@ -63,11 +62,6 @@ def init_opt_state(optimizer, host_train: dict, mesh: Mesh, specs: dict):
 def is_trainable(path: str, trainable: Sequence[str]) -> bool:
   """Pax's bprop_variable_inclusion: whole-path regex match; no regexes means everything."""
   return not trainable or any(re.fullmatch(r, path) for r in trainable)
-
-
-def host_tree(tree):
-  """Host NumPy copy of the fully addressable leaves of a tree."""
-  return jax.tree_util.tree_map(np.asarray, tree)
 
 
 # ---- compiled-HLO accounting ------------------------------------------------------------------
@@ -150,7 +144,3 @@ class Recorder:
 
 def tree_sum(trees: Sequence[Any]):
   return jax.tree_util.tree_map(lambda *xs: sum(xs[1:], xs[0]), *trees)
-
-
-def zeros_like_struct(s):
-  return jnp.zeros(s.shape, s.dtype)

@@ -73,9 +73,6 @@ class MeshPlan:
     """True when every branch is on the home mesh (one mesh: SPMD model parallelism)."""
     return len(self.meshes()) == 1
 
-  def used_devices(self) -> list[int]:
-    return sorted({d for mesh in self.meshes() for d in mesh})
-
   def validate(self, num_devices: int | None = None,
                num_experts: int | None = None) -> 'MeshPlan':
     """Checks the plan against a device count and the model's number of experts.

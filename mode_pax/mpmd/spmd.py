@@ -11,7 +11,6 @@ from typing import Sequence
 
 import jax
 import optax
-from jax.sharding import NamedSharding
 
 from mode_pax.mpmd import common
 from mode_pax.mpmd import model as model_lib
@@ -69,6 +68,3 @@ class SpmdTrainer:
       batch = self.place_batch(batch)
     with self.mesh:
       return self.recorder('spmd_step', self.mesh.size, self._step, state, batch)
-
-  def sharding_of(self, path: str) -> NamedSharding:
-    return NamedSharding(self.mesh, self.specs[path])
