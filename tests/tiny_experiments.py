@@ -63,8 +63,7 @@ def _pausing(input_cls):
 
 
 class ResumableMathExpert(MathExpert):  # pylint: disable=undefined-variable
-  """MathExpert for 6 steps, checkpoints every 2; its training input can pause (PAUSE_ENV)."""
-  MAX_STEPS = 6
+  """MathExpert whose training input can pause (PAUSE_ENV); otherwise the same run."""
 
   def datasets(self):
     train, *evals = super().datasets()
