@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from concurrent import futures
 import os
+import re
 import subprocess
 import sys
 import time
@@ -32,6 +33,10 @@ from mode_pax import results
 # step from the cache (written by an earlier stage of the same architecture) produced NaNs from
 # its first step, in frozen variables too.
 _EXTRA_ENV = dict(TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1')
+# Pax logs the training loss at every summary step: '[PAX STATUS] step_i: 50, training loss: 5.4'.
+_PAX_STEP_RE = re.compile(rb'step_i: (\d+), training loss: ([-+.\deE]+|nan|inf)')
+PROGRESS_SECONDS = 60.0  # how often a running stage reports its step
+
 
 def _log(msg: str) -> None:
   print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
@@ -49,15 +54,66 @@ def ensure_data() -> None:
   subprocess.run([sys.executable, '-m', 'mode_pax.data.build'], check=True)
 
 
-def run_paxml(exp: str, job_log_dir: str, mode: str, log_name: str, env=None) -> None:
-  """Runs paxml main for one experiment; its output goes to job_log_dir/log_name."""
+class StageProgress:
+  """Reads a running stage's Pax log: its newest step and loss, and the time left.
+
+  The rate is measured from the first step seen by this monitor (compilation and a resumed
+  run's earlier steps do not count).
+  """
+
+  def __init__(self, log_path: str, total_steps: int | None):
+    self.log_path, self.total_steps = log_path, total_steps
+    self.start = time.time()
+    self._first: tuple[float, int] | None = None
+
+  def newest_step(self) -> tuple[int, float] | None:
+    """(step, loss) of the newest step Pax logged, from the log's tail."""
+    try:
+      with open(self.log_path, 'rb') as f:
+        f.seek(max(0, os.path.getsize(self.log_path) - 65536))
+        found = _PAX_STEP_RE.findall(f.read())
+    except OSError:
+      return None
+    return (int(found[-1][0]), float(found[-1][1])) if found else None
+
+  def line(self, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    newest = self.newest_step()
+    if newest is None:
+      return f'starting / compiling ({now - self.start:.0f} s)'
+    step, loss = newest
+    if self._first is None or step < self._first[1]:
+      self._first = (now, step)
+    text = f'step {step}' + (f'/{self.total_steps}' if self.total_steps else '')
+    text += f', loss {loss:.3f}'
+    first_time, first_step = self._first
+    if self.total_steps and step > first_step and now > first_time:
+      left = (self.total_steps - step) * (now - first_time) / (step - first_step)
+      text += f', ~{left / 60:.1f} min left'
+    return text
+
+
+def run_paxml(exp: str, job_log_dir: str, mode: str, log_name: str, env=None,
+              total_steps: int | None = None, label: str | None = None) -> None:
+  """Runs paxml main for one experiment; its output goes to job_log_dir/log_name.
+
+  Every PROGRESS_SECONDS it prints one line: the stage's step, total, loss and time left (read
+  from the log), and the log's path.
+  """
   os.makedirs(job_log_dir, exist_ok=True)
   log_path = os.path.join(job_log_dir, log_name)
   cmd = [sys.executable, '-m', 'paxml.main', f'--exp={exp}', f'--job_log_dir={job_log_dir}',
          f'--mode={mode}']
+  progress = StageProgress(log_path, total_steps)
   with open(log_path, 'a') as log:
-    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=paths.REPO_ROOT,
-                          env={**os.environ, **_EXTRA_ENV, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=paths.REPO_ROOT,
+                            env={**os.environ, **_EXTRA_ENV, **(env or {})})
+    while True:
+      try:
+        proc.wait(timeout=PROGRESS_SECONDS)
+        break
+      except subprocess.TimeoutExpired:
+        _log(f'{label or mode + " " + exp}: {progress.line()}  ({log_path})')
   if proc.returncode:
     with open(log_path) as log:
       tail = ''.join(log.readlines()[-25:])
@@ -75,7 +131,8 @@ def train_stage(module: str, name: str) -> None:
   start = time.time()
   _log(f'train {name}: {"resuming at step " + str(step) if step else "starting"}, '
        f'{target} steps -> {job_log_dir}')
-  run_paxml(f'{module}.{name}', job_log_dir, 'train', 'train_log.txt')
+  run_paxml(f'{module}.{name}', job_log_dir, 'train', 'train_log.txt', total_steps=target,
+            label=f'train {name}')
   _log(f'train {name}: finished in {time.time() - start:.0f} s')
 
 
@@ -89,7 +146,7 @@ def evaluate_stage(module: str, name: str) -> dict[str, float]:
   start = time.time()
   _log(f'eval {name}: test splits ...')
   run_paxml(f'{module}.{name}', job_log_dir, 'eval', 'eval_log.txt',
-            env={'MODE_PAX_EVAL_SPLIT': 'test'})
+            env={'MODE_PAX_EVAL_SPLIT': 'test'}, label=f'eval {name}')
   metrics = results.save_test_metrics(job_log_dir, experiment_cls)
   _log(f'eval {name}: {metrics} ({time.time() - start:.0f} s)')
   return metrics
@@ -180,26 +237,32 @@ def default_jobs() -> int:
   return os.cpu_count() or 1
 
 
-def check_flags(scale: str, jobs: int) -> str:
-  """The scale's experiment module; a clear error for a bad flag, before any work."""
-  if jobs < 1:
-    raise app.UsageError(f'--jobs={jobs}: give the number of stages to run at once, 1 or more '
-                         f'(default {default_jobs()}, the CPU count).')
-  module = f'mode.{scale}'
-  if scale not in SCALES:
-    raise app.UsageError(f'--scale={scale!r}: the pipeline runs one of {", ".join(SCALES)} '
-                         '(experiments/<scale>.py); paper scale runs on TPU, see README.')
-  return module
-
-
 # Scales the main job runs on a CPU (modules of experiments/).
 SCALES = ('small',)
+
+
+def check_jobs(jobs: int) -> bool:
+  """absl flag validator of --jobs (flags are checked before any work)."""
+  if jobs < 1:
+    raise flags.ValidationError(
+        f'--jobs={jobs}: give the number of stages to run at once, 1 or more (default '
+        f'{default_jobs()}, the CPU count).')
+  return True
+
+
+def check_scale(scale: str) -> bool:
+  """absl flag validator of --scale."""
+  if scale not in SCALES:
+    raise flags.ValidationError(
+        f'--scale={scale!r}: the pipeline runs one of {", ".join(SCALES)} '
+        '(experiments/<scale>.py); paper scale runs on TPU, see README.')
+  return True
 
 
 def main(argv) -> None:
   del argv
   start = time.time()
-  module = check_flags(flags.FLAGS.scale, flags.FLAGS.jobs)
+  module = f'mode.{flags.FLAGS.scale}'
   ensure_data()
   # Upstream runs (the backbone, the single-domain experts) are trained first by run_stages.
   names = [recipe.__name__ for recipe in recipes.TABLE1]
@@ -210,7 +273,8 @@ def main(argv) -> None:
                       metrics=metrics[recipe.__name__]) for recipe in recipes.TABLE1]
   wall = time.time() - start
   out = results.write_table1(rows, flags.FLAGS.out, scale=flags.FLAGS.scale, wall_seconds=wall,
-                             skipped=skipped, num_stages=len(stages))
+                             skipped=skipped, num_stages=len(stages),
+                             eval_rows=results.eval_rows(registry.lookup(rows[0].experiment)))
   _log(f'Table 1 ({flags.FLAGS.scale} scale) -> {out}; this run took {wall / 60:.1f} min')
   with open(out) as f:
     print(f.read())
@@ -220,4 +284,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('scale', 'small', "Experiment module under `mode`: 'small'.")
   flags.DEFINE_string('out', str(paths.REPO_ROOT / 'results'), 'Where tables go.')
   flags.DEFINE_integer('jobs', default_jobs(), 'Stages run at once (default: CPU count).')
+  flags.register_validator('jobs', check_jobs)
+  flags.register_validator('scale', check_scale)
   app.run(main)

@@ -85,8 +85,18 @@ def _params(row: Row) -> int:
   return row.params
 
 
+def eval_rows(experiment_cls) -> str:
+  """What an experiment's evaluation reads of each test split, in words."""
+  if experiment_cls.EVAL_NUM_BATCHES < 0:
+    return 'the whole test splits'
+  rows = experiment_cls.EVAL_NUM_BATCHES * experiment_cls.EVAL_BATCH_SIZE
+  return (f'the first {rows} rows of each test split (EVAL_NUM_BATCHES='
+          f'{experiment_cls.EVAL_NUM_BATCHES} x EVAL_BATCH_SIZE={experiment_cls.EVAL_BATCH_SIZE})')
+
+
 def write_table1(rows: list[Row], out_dir: str, *, scale: str, wall_seconds: float,
-                 skipped: Sequence[str], num_stages: int) -> str:
+                 skipped: Sequence[str], num_stages: int,
+                 eval_rows: str = 'the test splits') -> str:
   """Writes results/table1_<scale>.md and .csv in the paper's Table 1 layout; returns the .md."""
   os.makedirs(out_dir, exist_ok=True)
   by_method = {r.method: r for r in rows}
@@ -108,7 +118,7 @@ def write_table1(rows: list[Row], out_dir: str, *, scale: str, wall_seconds: flo
       lines.append(f'| &nbsp;&nbsp;vs. {baseline} | {(_params(mode_row) - _params(base)) / 1e6:+.3f}'
                    f' M | {deltas} |')
   lines.append('')
-  lines.append(f'Next-token accuracy (%) on the test splits, {scale} scale; whole run '
+  lines.append(f'Next-token accuracy (%) on {eval_rows}, {scale} scale; whole run '
                f'{wall_seconds / 60:.1f} min, ' + (
                    f'{len(skipped)} of {num_stages} stages already done and skipped: '
                    f'{", ".join(skipped)}.' if skipped else f'all {num_stages} stages run.'))

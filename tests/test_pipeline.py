@@ -7,9 +7,12 @@ trains through it for real).
 """
 
 from concurrent import futures
+import os
+import subprocess
+import sys
 import threading
 
-from absl import app
+from absl import flags
 import pytest
 
 from mode_pax import pipeline
@@ -174,13 +177,37 @@ def test_a_failure_starts_nothing_new_and_is_raised_once_running_stages_end(stag
 
 @pytest.mark.parametrize('jobs', [0, -3])
 def test_jobs_below_one_is_refused_naming_the_flag(jobs):
-  with pytest.raises(app.UsageError, match=rf'--jobs={jobs}: .* 1 or more'):
-    pipeline.check_flags('small', jobs)
+  with pytest.raises(flags.ValidationError, match=rf'--jobs={jobs}: .* 1 or more'):
+    pipeline.check_jobs(jobs)
   with pytest.raises(ValueError, match=f'jobs={jobs}'):
     pipeline.run_stages(MODULE, ['Backbone'], jobs=jobs)
 
 
 def test_unknown_scale_is_refused_naming_the_choices():
-  with pytest.raises(app.UsageError, match=r"--scale='nonsense'.*small"):
-    pipeline.check_flags('nonsense', 2)
-  assert pipeline.check_flags('small', 2) == 'mode.small'
+  with pytest.raises(flags.ValidationError, match=r"--scale='nonsense'.*small"):
+    pipeline.check_scale('nonsense')
+  assert pipeline.check_scale('small')
+
+
+def test_bad_flags_stop_the_main_job_before_any_work(tmp_path):
+  """The real command line: an error naming the flag, and no data build, run or table."""
+  env = {**os.environ, 'MODE_PAX_RUNS': str(tmp_path / 'runs'),
+         'MODE_PAX_DATA_DIR': str(tmp_path / 'data')}
+  for flag in ('--jobs=0', '--scale=nonsense'):
+    proc = subprocess.run([sys.executable, '-m', 'mode_pax.pipeline', flag,
+                           f'--out={tmp_path / "results"}'], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode != 0 and flag.split('=')[0] in proc.stderr, proc.stderr[-2000:]
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_progress_line_reads_step_loss_and_time_left_from_the_pax_log(tmp_path):
+  log = tmp_path / 'train_log.txt'
+  progress = pipeline.StageProgress(str(log), total_steps=150)
+  assert progress.line(now=progress.start + 42).startswith('starting / compiling (42 s)')
+  log.write_text('I1124 summary_utils.py:901] [PAX STATUS] step_i: 10, training loss: 7.25\n')
+  assert progress.line(now=100.0) == 'step 10/150, loss 7.250'
+  with open(log, 'a') as f:
+    f.write('I1124 summary_utils.py:901] [PAX STATUS] step_i: 30, training loss: 6.5\n')
+  # 20 steps in 40 s since the first step seen: 120 steps left take 240 s.
+  assert progress.line(now=140.0) == 'step 30/150, loss 6.500, ~4.0 min left'
