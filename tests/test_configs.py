@@ -9,7 +9,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from mode_pax import paths
+from mode_pax import registry
 
 # Runs in a fresh interpreter: audit hooks cannot be removed once added.
 _PROBE = textwrap.dedent('''
@@ -61,3 +64,16 @@ def test_building_configs_touches_no_file(tmp_path):
   touched = proc.stdout.split('TOUCHED', 1)[1].strip()
   assert touched == '[]', touched
   assert not runs.exists() and not data.exists()
+
+
+def test_paper_scale_missing_backbone_asks_for_an_existing_checkpoint(tmp_path, monkeypatch):
+  monkeypatch.setenv('MODE_PAX_RUNS', str(tmp_path))
+  monkeypatch.delenv('MODE_PAX_BACKBONE_CKPT', raising=False)
+  with pytest.raises(FileNotFoundError) as error:
+    registry.lookup('mode.CodeExpert')().check_upstream_runs()
+  assert 'set MODE_PAX_BACKBONE_CKPT' in str(error.value)
+  assert 'paxml.main --exp=mode.Backbone' not in str(error.value)
+  # At CPU scale the backbone is pre-trained here: the command that does it is named.
+  with pytest.raises(FileNotFoundError, match=r'paxml\.main --exp=mode\.small\.Backbone'):
+    registry.lookup('mode.small.CodeExpert')().check_upstream_runs()
+  assert not list(tmp_path.iterdir())  # nothing created

@@ -193,13 +193,20 @@ def test_evaluation_reports_next_token_accuracy_per_domain(runs):
   assert pipeline.evaluate_stage(MODULE, 'ComposeMathCode') == metrics
 
 
-def test_missing_upstream_run_names_the_stage_to_run_first(runs, tmp_path):
-  os.environ['MODE_PAX_RUNS'] = str(tmp_path)
-  try:
-    with pytest.raises(FileNotFoundError, match=r'tests\.tiny_experiments\.Backbone.*paxml\.main'):
-      registry.lookup(f'{MODULE}.CodeExpert')().validate()
-  finally:
-    os.environ['MODE_PAX_RUNS'] = str(runs)
+def test_missing_upstream_runs_are_all_named_and_no_folder_is_claimed(runs, tmp_path,
+                                                                      monkeypatch):
+  del runs
+  monkeypatch.setenv('MODE_PAX_RUNS', str(tmp_path))
+  with pytest.raises(FileNotFoundError) as error:
+    registry.lookup(f'{MODULE}.ComposeMathCode')().validate()
+  for stage in ('Backbone', 'MathExpert', 'CodeExpert'):
+    assert re.search(rf'{MODULE}\.{stage}: no checkpoint in .*run it first: python -m '
+                     rf'paxml\.main --exp={MODULE}\.{stage} ', str(error.value)), str(error.value)
+  # Through paxml.main: refused before the job_log_dir is claimed, so it stays usable.
+  job_log_dir = tmp_path / 'mine'
+  with pytest.raises(RuntimeError, match=rf'{MODULE}\.Backbone: no checkpoint'):
+    pipeline.run_paxml(f'{MODULE}.CodeExpert', str(job_log_dir), 'train', 'train_log.txt')
+  assert not (job_log_dir / 'mode_experiment.txt').exists()
 
 
 def test_job_log_dir_of_another_experiment_is_refused(runs):
