@@ -87,12 +87,12 @@ def paper_table1_rows() -> list[tuple[str, str, float, ParamCount]]:
 def main(argv):
   del argv
   if flags.FLAGS.paper_table1:
-    print('| Method | Experiment | Parameters (B) | Paper (B) | Difference | Trainable (M) |')
+    print('| Method | Experiment | Parameters (B) | Paper (B) | Difference | Trainable |')
     print('|---|---|---|---|---|---|')
     for method, exp, paper_b, count in paper_table1_rows():
       ours = count.total / 1e9
       print(f'| {method} | {exp} | {ours:.3f} | {paper_b:.3f} | '
-            f'{100 * (ours - paper_b) / paper_b:+.2f}% | {count.trainable / 1e6:.1f} |')
+            f'{100 * (ours - paper_b) / paper_b:+.2f}% | {count.trainable:,} |')
   for name in flags.FLAGS.exp:
     count = count_experiment(registry.lookup(name))
     roles = ', '.join(f'{k} {v:,}' for k, v in count.by_role.items() if v)
