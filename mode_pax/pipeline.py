@@ -140,7 +140,7 @@ def evaluate_stage(module: str, name: str) -> dict[str, float]:
   """Next-token accuracy on each test set, cached per checkpoint step in the run's folder."""
   experiment_cls = registry.lookup(f'{module}.{name}')
   job_log_dir = paths.run_dir(registry.experiment_name(experiment_cls))
-  cached = results.load_test_metrics(job_log_dir)
+  cached = results.load_test_metrics(job_log_dir, experiment_cls)
   if cached is not None:
     return cached
   start = time.time()
@@ -187,7 +187,7 @@ def is_done(module: str, kind: str, name: str) -> bool:
   experiment_cls = registry.lookup(f'{module}.{name}')
   job_log_dir = paths.run_dir(registry.experiment_name(experiment_cls))
   if kind == 'eval':
-    return results.load_test_metrics(job_log_dir) is not None
+    return results.load_test_metrics(job_log_dir, experiment_cls) is not None
   step = paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir))
   return step is not None and step >= experiment_cls.MAX_STEPS
 

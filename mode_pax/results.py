@@ -28,7 +28,7 @@ def read_eval_accuracy(job_log_dir: str, input_name: str) -> tuple[int, float]:
   """(step, accuracy) of the newest eval of `input_name` in a Pax job_log_dir."""
   pattern = os.path.join(job_log_dir, 'summaries', f'eval_test_{input_name}', 'events.*')
   best = None
-  for event_file in glob.glob(pattern):
+  for event_file in sorted(glob.glob(pattern)):  # names start with their time: oldest first
     for event in tf.compat.v1.train.summary_iterator(event_file):
       for value in event.summary.value:
         if value.tag.split('/')[-1] == ACCURACY:
@@ -42,29 +42,41 @@ def read_eval_accuracy(job_log_dir: str, input_name: str) -> tuple[int, float]:
   return best
 
 
+def eval_key(job_log_dir: str, experiment_cls) -> dict:
+  """Everything that defines a run's test metrics: cached metrics count only for this key."""
+  from mode_pax.data import tasks  # pylint: disable=g-import-not-at-top  (reads the build)
+  return dict(step=paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir)),
+              eval_data=list(experiment_cls.EVAL_DATA),
+              eval_num_batches=experiment_cls.EVAL_NUM_BATCHES,
+              eval_batch_size=experiment_cls.EVAL_BATCH_SIZE,
+              sequence_length=experiment_cls.SEQUENCE_LENGTH,
+              data_fingerprint=tasks.build_info()['fingerprint'])
+
+
 def save_test_metrics(job_log_dir: str, experiment_cls) -> dict[str, float]:
-  step = paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir))
+  key = eval_key(job_log_dir, experiment_cls)
   metrics = {}
   for _, key in DOMAINS:
     eval_step, accuracy = read_eval_accuracy(job_log_dir, key)
     metrics[key] = 100.0 * accuracy
   metrics['average'] = sum(metrics[k] for _, k in DOMAINS) / len(DOMAINS)
   count = param_count.count_experiment(experiment_cls)
-  record = dict(step=step, eval_step=eval_step, metrics=metrics, total_params=count.total,
+  record = dict(key=key, eval_step=eval_step, metrics=metrics, total_params=count.total,
                 trainable_params=count.trainable)
   with open(os.path.join(job_log_dir, METRICS_FILE), 'w') as f:
     json.dump(record, f, indent=1)
   return metrics
 
 
-def load_test_metrics(job_log_dir: str) -> dict[str, float] | None:
-  """Cached test metrics, if they were computed for the run's newest checkpoint."""
+def load_test_metrics(job_log_dir: str, experiment_cls) -> dict[str, float] | None:
+  """Cached test metrics, if they were computed with today's `eval_key` (the run's newest
+  checkpoint, the same test rows, the same data build)."""
   path = os.path.join(job_log_dir, METRICS_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:
     record = json.load(f)
-  if record['step'] != paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir)):
+  if record.get('key') != eval_key(job_log_dir, experiment_cls):
     return None
   return record['metrics']
 

@@ -18,6 +18,7 @@ from mode_pax import naming
 from mode_pax import paths
 from mode_pax import pipeline
 from mode_pax import registry
+from mode_pax import results
 from mode_pax import trees
 from mode_pax.data import build as build_lib
 from mode_pax.data import tasks
@@ -182,15 +183,23 @@ def test_a_killed_run_resumes_to_the_same_variables_as_an_uninterrupted_one(runs
     np.testing.assert_array_equal(final[path], value, err_msg=path)
 
 
-def test_evaluation_reports_next_token_accuracy_per_domain(runs):
+def test_evaluation_reports_next_token_accuracy_per_domain(runs, monkeypatch):
   del runs
   metrics = pipeline.evaluate_stage(MODULE, 'ComposeMathCode')
   assert set(metrics) == {'math', 'code', 'english', 'average'}
   assert all(0.0 < v < 100.0 for v in metrics.values())
   assert metrics['average'] == pytest.approx(
       (metrics['math'] + metrics['code'] + metrics['english']) / 3)
-  # Cached for the same checkpoint: no second eval run.
+  # Cached for the same checkpoint and evaluation: no second eval run.
   assert pipeline.evaluate_stage(MODULE, 'ComposeMathCode') == metrics
+  # A changed evaluation setting (or data build) does not reuse the cache.
+  experiment_cls = registry.lookup(f'{MODULE}.ComposeMathCode')
+  assert results.load_test_metrics(_dir('ComposeMathCode'), experiment_cls) == metrics
+  monkeypatch.setattr(experiment_cls, 'EVAL_NUM_BATCHES', 1)
+  assert results.load_test_metrics(_dir('ComposeMathCode'), experiment_cls) is None
+  monkeypatch.undo()
+  monkeypatch.setattr(tasks, 'build_info', lambda *a: {'fingerprint': 'another build'})
+  assert results.load_test_metrics(_dir('ComposeMathCode'), experiment_cls) is None
 
 
 def test_missing_upstream_runs_are_all_named_and_no_folder_is_claimed(runs, tmp_path,

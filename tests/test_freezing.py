@@ -15,7 +15,7 @@ from tests import lm_fixtures
 class TinyAdaptation:
   """A tiny experiment of each method (a mixin before the method), trained in-process with
   Pax's own train step."""
-  NUM_LAYERS = 4
+  NUM_LAYERS = 2  # one backbone layer per block: the cheapest model with every role
   VOCAB_SIZE = 64
   MODEL_DIMS = 32
   HIDDEN_DIMS = 64
