@@ -15,6 +15,15 @@ device, destination device} (`mode_pax.mpmd.transfer.PermuteTransport`). The sup
 one fails, and says which one and why. Batches are synthetic and seeded by the step, so every
 process reads the same batch without a transfer. Results (losses, bytes moved, the local shards
 of the trained variables) go to --out.
+
+Bad input is refused before any work: flags (an unknown --tpu lists the known types) before the
+heavy imports; the mesh plan (fits the TPU slice or the --local_processes workers, places every
+expert, model-parallel dimensions divide) before any worker starts or anything compiles. The plan
+is the experiment's MESH_PLAN (or --plan) written for its NUM_DEVICES, or, without NUM_DEVICES,
+for the devices it runs on: the --tpu slice's chips in a dry run, the workers' devices.
+Chips, hosts or workers that a plan leaves without work are named (the run goes ahead: an 8-chip
+study on a v5litepod-16 is a valid choice; every host still starts its launcher process, since
+all processes join jax.distributed).
 """
 
 from __future__ import annotations
@@ -30,7 +39,16 @@ import sys
 import threading
 import time
 
+# Light (no JAX): flags are checked against it before the ~15 s of JAX/Pax imports.
+from launch import topology
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tpu_type(value: str) -> str:
+  if value not in topology.SLICES:
+    raise argparse.ArgumentTypeError(topology.unknown_type_message(value))
+  return value
 
 
 def _args(argv=None):
@@ -63,11 +81,54 @@ def _args(argv=None):
   # Cloud TPU.
   p.add_argument('--dry-run', '--dry_run', dest='dry_run', action='store_true',
                  help='print the mesh -> chip/host mapping and worker commands; run nothing')
-  p.add_argument('--tpu', default=None, help='accelerator type, e.g. v5litepod-8 (dry run)')
+  p.add_argument('--tpu', default=None, type=_tpu_type,
+                 help='with --dry-run: the Cloud TPU accelerator type, one of '
+                      f'{", ".join(topology.SLICES)} (default: the experiment\'s TPU_TYPE, '
+                      'else v5litepod-8)')
   p.add_argument('--tpu_name', default='TPU_NAME')
   p.add_argument('--zone', default='ZONE')
   p.add_argument('--project', default=None)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.tpu and not args.dry_run:
+    p.error(f'--tpu={args.tpu} is for --dry-run (it maps the plan onto that slice and prints the '
+            'per-host commands); add --dry-run, or drop --tpu to run on the devices here.')
+  if args.local_processes < 0:
+    p.error(f'--local_processes={args.local_processes}: give the number of local CPU workers '
+            '(one device each), or 0 to run in this process.')
+  return args
+
+
+class _LaunchError(Exception):
+  """Bad input found before anything started: main prints the message, no traceback."""
+
+
+def _experiment(name: str):
+  """The experiment instance; an unknown name is a _LaunchError with the registry's message."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.mark_as_parsed()
+  from mode_pax.mpmd import build  # pylint: disable=g-import-not-at-top
+  try:
+    return build.experiment_instance(name)
+  except ValueError as e:
+    raise _LaunchError(str(e)) from e
+
+
+def _checked_plan(args, exp, num_devices: int, devices: str, more_devices):
+  """The plan of `exp` for `num_devices` devices, checked as the run will check it.
+
+  `devices` says what the devices are (e.g. '--tpu=v5litepod-16 (16 chips)') and
+  `more_devices(n)` how to get n of them, for the message.
+  """
+  from mode_pax.mpmd import build  # pylint: disable=g-import-not-at-top
+  from mode_pax.mpmd import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  try:
+    return build.checked_plan(exp, args.plan, num_devices=num_devices)
+  except plan_lib.PlanError as e:
+    needed = getattr(exp, 'NUM_DEVICES', None)
+    fix = f' {more_devices(needed)}' if needed and needed > num_devices else ''
+    raise _LaunchError(f'{args.exp} on {devices}: {e}{fix}') from e
+  except ValueError as e:  # not a MoDE experiment
+    raise _LaunchError(str(e)) from e
 
 
 def _passthrough(args) -> str:
@@ -83,14 +144,22 @@ def _passthrough(args) -> str:
 
 # ---- dry run ------------------------------------------------------------------------------------
 def dry_run(args) -> int:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.FLAGS.mark_as_parsed()
-  from launch import topology  # pylint: disable=g-import-not-at-top
-  from mode_pax.mpmd import build  # pylint: disable=g-import-not-at-top
-  exp = build.experiment_instance(args.exp)
-  tpu = topology.get_slice(args.tpu or getattr(exp, 'TPU_TYPE', None) or 'v5litepod-8')
-  plan = build.plan_of(exp, args.plan)  # written for the experiment's NUM_DEVICES
-  plan.validate(num_devices=tpu.num_chips, num_experts=exp.NUM_DOMAIN_EXPERTS)
+  exp = _experiment(args.exp)
+  try:
+    tpu = topology.get_slice(args.tpu or getattr(exp, 'TPU_TYPE', None) or 'v5litepod-8')
+  except ValueError as e:  # the experiment's TPU_TYPE is unknown
+    raise _LaunchError(f'{args.exp}.TPU_TYPE: {e} Or give --tpu.') from e
+
+  def bigger(needed):
+    fit = topology.smallest_slice_for(needed, tpu)
+    return (f'The experiment is written for NUM_DEVICES={needed} chips: use '
+            f'--tpu={fit.accelerator_type}.' if fit else
+            f'The experiment is written for NUM_DEVICES={needed} chips.')
+
+  # Written for the slice's chips (unless the experiment has NUM_DEVICES), not for this
+  # machine's devices.
+  plan = _checked_plan(args, exp, tpu.num_chips,
+                       f'--tpu={tpu.accelerator_type} ({tpu.num_chips} chips)', bigger)
   print(topology.describe(plan, tpu))
   print('worker commands:')
   for cmd in topology.worker_commands(tpu, _passthrough(args), tpu_name=args.tpu_name,
@@ -109,6 +178,16 @@ def _free_port() -> int:
 def supervise(args) -> int:
   """Starts --local_processes CPU workers and waits for all, or stops them all on a failure."""
   n = args.local_processes
+  # The workers would each find a bad plan only after their imports, and the others would wait
+  # for them: check it here first, before any worker starts or any output is written.
+  plan = _checked_plan(
+      args, _experiment(args.exp), n, f'--local_processes={n} (one CPU device each)',
+      lambda needed: f'The experiment is written for NUM_DEVICES={needed}: give '
+                     f'--local_processes={needed}.')
+  unused = plan.unused_devices(n)
+  if unused:
+    print(f'note: workers {unused} get no work: plan {plan.name} ({plan.spec()}) uses devices '
+          f'{plan.devices_used()} of the {n}.', flush=True)
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
@@ -235,6 +314,9 @@ def run(args) -> int:
   me = jax.process_index()
   print(f'process {me}/{jax.process_count()}: devices {[d.id for d in jax.local_devices()]}\n'
         + trainer.plan.describe(), flush=True)
+  unused = trainer.plan.unused_devices(jax.device_count())
+  if unused and me == 0:
+    print(f'note: devices {unused} get no work under plan {trainer.plan.name}.', flush=True)
   losses, times = [], []
   for step in range(args.steps):
     if step == args.fail_at_step and me == args.fail_process:
@@ -269,10 +351,14 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
   args = _args(argv)
-  if args.dry_run:
-    return dry_run(args)
-  if args.local_processes:
-    return supervise(args)
+  try:
+    if args.dry_run:
+      return dry_run(args)
+    if args.local_processes:
+      return supervise(args)
+  except _LaunchError as e:
+    print(f'ERROR: {e}', file=sys.stderr, flush=True)
+    return 2
   return run(args)
 
 

@@ -3,7 +3,9 @@
 JAX numbers a slice's devices host by host (process i owns devices
 [i * chips_per_host, (i + 1) * chips_per_host)), and within a host in row-major order of the
 host's chip block; `chip_coords` follows that convention. The multi-controller launcher runs one
-process per host; a mesh whose devices sit on several hosts is run by all of them.
+process per host; a mesh whose devices sit on several hosts is run by all of them. A plan may
+leave chips idle (e.g. an 8-chip study on a v5litepod-16): `describe` names them and their hosts,
+which still start a launcher process (every process of the slice joins jax.distributed).
 """
 
 from __future__ import annotations
@@ -62,10 +64,63 @@ SLICES.update({'v4-8': TpuSlice('v4-8', (2, 2), 4), 'v4-16': TpuSlice('v4-16', (
                'v4-32': TpuSlice('v4-32', (4, 4), 4)})
 
 
+def unknown_type_message(accelerator_type: str) -> str:
+  """What is wrong with an accelerator type that is not in SLICES, and the choices."""
+  hint = (' (Cloud TPU names v5e slices v5litepod-N, N chips)'
+          if accelerator_type.lower().startswith('v5e') else '')
+  return (f'unknown TPU type {accelerator_type!r}{hint}; choose one of: '
+          f'{", ".join(SLICES)}.')
+
+
 def get_slice(accelerator_type: str) -> TpuSlice:
   if accelerator_type not in SLICES:
-    raise ValueError(f'unknown TPU type {accelerator_type!r}; known: {sorted(SLICES)}.')
+    raise ValueError(unknown_type_message(accelerator_type))
   return SLICES[accelerator_type]
+
+
+def smallest_slice_for(num_devices: int, like: TpuSlice) -> TpuSlice | None:
+  """The smallest known slice of `like`'s generation with at least `num_devices` chips."""
+  family = like.accelerator_type.rsplit('-', 1)[0]
+  fits = [s for name, s in SLICES.items()
+          if name.rsplit('-', 1)[0] == family and s.num_chips >= num_devices]
+  return min(fits, key=lambda s: s.num_chips, default=None)
+
+
+def idle(plan: plan_lib.MeshPlan, tpu: TpuSlice) -> tuple[list[int], list[int]]:
+  """(chips, hosts) of the slice that run no branch of the plan."""
+  chips = plan.unused_devices(tpu.num_chips)
+  hosts = [h for h in range(tpu.num_hosts)
+           if all(tpu.host_of(d) != h for d in plan.devices_used())]
+  return chips, hosts
+
+
+def _ranges(values: list[int]) -> str:
+  """[8, 9, 10, 12] -> '8-10, 12'."""
+  out, start = [], None
+  for i, v in enumerate(values):
+    start = v if start is None else start
+    if i + 1 == len(values) or values[i + 1] != v + 1:
+      out.append(str(v) if start == v else f'{start}-{v}')
+      start = None
+  return ', '.join(out)
+
+
+def idle_message(plan: plan_lib.MeshPlan, tpu: TpuSlice) -> str | None:
+  """A note naming the chips and hosts that get no work under the plan, or None."""
+  chips, hosts = idle(plan, tpu)
+  if not chips:
+    return None
+  used = plan.devices_used()
+  where = (f'host(s) {_ranges(hosts)} hold no mesh: their launcher processes only join '
+           'jax.distributed' if hosts else
+           f'on host(s) {_ranges(sorted({tpu.host_of(c) for c in chips}))}')
+  fit = smallest_slice_for(max(used) + 1, tpu)
+  # A smaller slice helps only when the plan fills it (devices 0..k-1 of a k-chip slice).
+  smaller = (f'run on --tpu={fit.accelerator_type} ({fit.num_chips} chips), or '
+             if fit and len(used) == fit.num_chips < tpu.num_chips else '')
+  return (f'idle: chips {_ranges(chips)} get no work ({where}); plan {plan.name} uses '
+          f'{len(used)} of the {tpu.num_chips} chips. To leave none idle, {smaller}give --plan '
+          f'a spec for {tpu.num_chips} devices.')
 
 
 def mapping(plan: plan_lib.MeshPlan, tpu: TpuSlice) -> list[dict]:
@@ -108,4 +163,7 @@ def describe(plan: plan_lib.MeshPlan, tpu: TpuSlice) -> str:
         f"{'' if m['contiguous'] else ' (not a contiguous block)'}: {', '.join(m['branches'])}")
   if tpu.num_hosts == 1:
     lines.append('  one host: a single process runs every mesh (single controller).')
+  note = idle_message(plan, tpu)
+  if note:
+    lines.append(note)
   return '\n'.join(lines)

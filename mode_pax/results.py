@@ -18,6 +18,7 @@ import tensorflow as tf
 from mode import recipes
 from mode_pax import param_count
 from mode_pax import paths
+from mode_pax.data import tasks
 
 ACCURACY = 'fraction_of_correct_next_step_preds'
 DOMAINS = (('Math', 'math'), ('Code', 'code'), ('English', 'english'))
@@ -44,7 +45,6 @@ def read_eval_accuracy(job_log_dir: str, input_name: str) -> tuple[int, float]:
 
 def eval_key(job_log_dir: str, experiment_cls) -> dict:
   """Everything that defines a run's test metrics: cached metrics count only for this key."""
-  from mode_pax.data import tasks  # pylint: disable=g-import-not-at-top  (reads the build)
   return dict(step=paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir)),
               eval_data=list(experiment_cls.EVAL_DATA),
               eval_num_batches=experiment_cls.EVAL_NUM_BATCHES,

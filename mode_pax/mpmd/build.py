@@ -34,10 +34,38 @@ def pieces_of(exp) -> tuple[model_lib.MoDEPieces, object]:
 
 def plan_of(exp, plan: str | plan_lib.MeshPlan | None = None,
             num_devices: int | None = None) -> plan_lib.MeshPlan:
+  """The mesh plan (given, or the experiment's MESH_PLAN) for `num_devices` devices (default:
+  the experiment's NUM_DEVICES, else this process's devices)."""
   exp = experiment_instance(exp)
   n = num_devices or getattr(exp, 'NUM_DEVICES', None) or len(jax.devices())
   return plan_lib.get_plan(plan or getattr(exp, 'MESH_PLAN', 'mesh5'),
                            num_experts=exp.NUM_DOMAIN_EXPERTS, num_devices=n)
+
+
+def checked_plan(exp, plan: str | plan_lib.MeshPlan | None = None, *,
+                 num_devices: int) -> plan_lib.MeshPlan:
+  """The plan a run on `num_devices` devices would use, checked as the run checks it.
+
+  The plan is written for the experiment's NUM_DEVICES, or for `num_devices` when it has none
+  (not for this machine's devices: a launcher checks a TPU slice or its workers from here).
+  Checks that it fits the devices, places every expert, and that every model-parallel dimension
+  divides over its mesh (abstract init: shapes only, nothing compiles or allocates).
+
+  Raises:
+    PlanError: the plan cannot run on `num_devices` devices.
+    ValueError: the experiment is not a MoDE experiment the MPMD runtime can place.
+  """
+  inst = experiment_instance(exp)
+  if not hasattr(inst, 'NUM_DOMAIN_EXPERTS'):
+    raise ValueError(f'{registry.experiment_name(type(inst))} is not a MoDE experiment '
+                     '(mode_pax.methods.MoDE): the MPMD runtime places experts on meshes; give '
+                     'a mode.sharding.X experiment or another MoDE one.')
+  written_for = getattr(inst, 'NUM_DEVICES', None) or num_devices
+  out = plan_of(inst, plan, num_devices=written_for)
+  out.validate(num_devices=num_devices, num_experts=inst.NUM_DOMAIN_EXPERTS)
+  pieces, specs = pieces_of(inst)
+  out.check_divisibility(pieces.sharded_dims(specs))
+  return out
 
 
 def optimizer_of(exp) -> optax.GradientTransformation:

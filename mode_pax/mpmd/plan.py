@@ -68,6 +68,14 @@ class MeshPlan:
     mesh = self.meshes()[mesh_index]
     return [j for j, devices in enumerate(self.experts) if devices == mesh]
 
+  def devices_used(self) -> list[int]:
+    """Every device that runs a branch, in order."""
+    return sorted({d for devices in self.meshes() for d in devices})
+
+  def unused_devices(self, num_devices: int) -> list[int]:
+    """Devices among 0..num_devices-1 that run no branch (idle under this plan)."""
+    return sorted(set(range(num_devices)) - set(self.devices_used()))
+
   @property
   def is_spmd(self) -> bool:
     """True when every branch is on the home mesh (one mesh: SPMD model parallelism)."""
