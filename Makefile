@@ -5,9 +5,14 @@ PY := .venv/bin/python
 setup:
 	@bash tools/setup_env.sh
 
-# Builds the Code, Math and English datasets and the tokenizer into data/build (or $MODE_PAX_DATA_DIR).
+# Builds the Code, Math and English datasets and the tokenizer into data/build (or
+# $MODE_PAX_DATA_DIR); `make data DATA_DIR=DIR` builds into DIR (gs:// works), i.e. runs
+# `python -m mode_pax.data.build --data_dir=DIR`. Only DATA_DIR given on make's command line
+# counts, not an environment variable of that common name. Writes nothing outside the build:
+# its data card is DIR/DATA_CARD.md; the committed data/DATA_CARD.md (the default build's) is
+# refreshed with `.venv/bin/python -m mode_pax.data.build --card_out=data/DATA_CARD.md`.
 data: setup
-	$(PY) -m mode_pax.data.build
+	$(PY) -m mode_pax.data.build$(if $(filter command line,$(origin DATA_DIR)),$(if $(DATA_DIR), --data_dir=$(DATA_DIR)))
 
 # The main job: the small-scale Table 1 pipeline on CPU (data, backbone, experts, compositions,
 # baselines, evaluation) -> results/table1_small.{md,csv}. Resumes where it stopped.

