@@ -8,6 +8,7 @@ the MPMD runtime's flat variables from such a checkpoint with Pax's load rules (
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Sequence
@@ -27,6 +28,16 @@ def step_dir(ckpt_dir: str, step: int | None = None) -> epath.Path:
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {ckpt_dir}.')
   return epath.Path(ckpt_dir) / f'checkpoint_{step:08d}'
+
+
+def read_shapes(step_folder: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+  """Variable path -> shape of a checkpoint step folder, from the arrays' metadata only."""
+  out = {}
+  for entry in (epath.Path(step_folder) / 'state').iterdir():
+    if entry.name.startswith(_PREFIX) and (entry / '.zarray').exists():
+      shape = json.loads((entry / '.zarray').read_text())['shape']
+      out[entry.name[len(_PREFIX):].replace('.', '/')] = tuple(shape)
+  return out
 
 
 def read_variables(ckpt_dir: str, step: int | None = None) -> dict[str, np.ndarray]:

@@ -100,6 +100,10 @@ def test_dry_run_maps_meshes_onto_tpu_hosts(capsys):
   assert 'mesh 4: devices [7]' in out and 'expert 3' in out
   assert out.count('gcloud compute tpus tpu-vm ssh tpu1 --zone=z --worker=') == 4
   assert '--process_id=3 --num_processes=4' in out
-  assert mpmd_launch.main(['--exp', 'mode.sharding.ShardingMesh5', '--tpu', 'v5litepod-8',
+  # The study is written for 8 chips (NUM_DEVICES): the dry run says the other 8 idle.
+  assert 'idle: chips 8-15 get no work (host(s) 2-3 hold no mesh' in out
+  # One host: one process. (A tiny model: the plan check's abstract init is ~10 s at paper scale.)
+  assert mpmd_launch.main(['--exp', 'mode_pax.mpmd.testing.TinyMoDE', '--tpu', 'v5litepod-8',
                            '--dry-run']) == 0
-  assert 'single controller' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'single controller' in out and 'idle' not in out

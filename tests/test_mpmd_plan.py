@@ -65,3 +65,20 @@ def test_errors_come_before_any_compilation(monkeypatch):
     with pytest.raises(PlanError, match=match):
       runtime.MpmdTrainer(pieces, plan_lib.get_plan(spec), optax.sgd(0.1), specs)
   assert not compiled
+
+
+def test_checked_plan_is_the_runs_plan_checked_without_compiling(monkeypatch):
+  compiled = []
+  monkeypatch.setattr(jax, 'jit', lambda *a, **k: compiled.append(a) or (lambda *x: None))
+  # Written for NUM_DEVICES (3) when the experiment has one; devices beyond it idle.
+  plan = build.checked_plan(testing.TinyMoDE2, num_devices=4)
+  assert plan.spec() == '0,1|2|2' and plan.devices_used() == [0, 1, 2]
+  assert plan.unused_devices(4) == [3]
+  # Without NUM_DEVICES, for the devices given (not this process's 8).
+  any_devices = type('AnyDevices', (testing.TinyMoDE,), {'NUM_DEVICES': None})
+  assert build.checked_plan(any_devices, num_devices=6).spec() == '0,1|2|3|4|5'
+  with pytest.raises(PlanError, match='only 4 devices'):
+    build.checked_plan(testing.TinyMoDE, num_devices=4)
+  with pytest.raises(PlanError, match='does not divide over the 3 devices'):
+    build.checked_plan(testing.TinyMoDE, '0-2|3|4|5|6', num_devices=8)
+  assert not compiled
