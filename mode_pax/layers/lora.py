@@ -17,6 +17,7 @@ adapts, e.g. (TransformerLm with the default StackedTransformer):
   params/lm/transformer/x_layers_{l}/self_attention/combined_qkv/lora_{a,b}   (combine_qkv=True)
   params/lm/transformer/x_layers_{l}/self_attention/{query,key,value}/lora_{a,b}
   params/lm/transformer/x_layers_{l}/self_attention/post/lora_{a,b}           (output projection)
+      (multi-query attention, mode_pax.backbones: query / key / value / post, the same names)
   params/lm/transformer/x_layers_{l}/ff_layer/ffn_layer{1,2}/linear/lora_{a,b}
       (and ffn_layer1_gate/linear with a gated activation)
   params/lm/softmax/lora_{a,b}              (shared embedding/softmax table)
@@ -31,6 +32,7 @@ Shapes (r = lora_rank; D model dims; N heads; H dims per head; V vocab; F hidden
   AttentionProjection, q/k/v:   lora_a [D, r],      lora_b [r, N, H]
   AttentionProjection, output:  lora_a [N, H, r],   lora_b [r, D]
   CombinedQKVProjectionLayer:   lora_a [3, D, r],   lora_b [3, r, N, H] (one delta each for q, k, v)
+  OneHeadedAttentionProjection: lora_a [D, r],      lora_b [r, H]       (MQA's shared k / v)
   Linear [in, out]:             lora_a [in, r],     lora_b [r, out]
   Embedding tables [V, D]:      lora_a [V, r],      lora_b [r, D]
 With attention_combine_dims the (N, H) pair is one N*H dim, as in the base weight.
@@ -75,6 +77,7 @@ from praxis import pytypes
 from praxis.layers import attentions
 from praxis.layers import embedding_softmax
 from praxis.layers import linears
+from praxis.layers import multi_query_attention
 from praxis.layers import transformers
 
 JTensor = pytypes.JTensor
@@ -262,6 +265,32 @@ class LoraCombinedQKVProjection(attentions.CombinedQKVProjectionLayer, LoraLayer
     query_proj, key_proj, value_proj = super().__call__(inputs)
     delta = self.lora_delta(inputs).astype(query_proj.dtype)
     return query_proj + delta[0], key_proj + delta[1], value_proj + delta[2]
+
+
+class LoraOneHeadedAttentionProjection(multi_query_attention.OneHeadedAttentionProjection,
+                                       LoraLayer):
+  """OneHeadedAttentionProjection (the shared key / value of multi-query attention, num_kv_heads
+  = 1, e.g. Gemma-2B) with a LoRA delta: lora_a [D, r], lora_b [r, H]."""
+
+  def setup(self) -> None:
+    super().setup()
+    self.create_lora_variables(
+        a_shape=[self.input_dim, self.lora_rank],
+        b_shape=[self.lora_rank, self.output_dim],
+        a_fan_in=self.input_dim,
+        base_split=self._base_split('w'),  # [input_dim, output_dim]
+        a_dims=[0, None],
+        b_dims=[None, 1],
+    )
+
+  def lora_delta(self, inputs: JTensor) -> JTensor:
+    x = self._cast_to_fprop_dtype(inputs)
+    mid = jnp.einsum('...D,Dr->...r', x, self.theta.lora_a) * self.lora_scale
+    return jnp.einsum('...r,rH->...H', mid, self.theta.lora_b)
+
+  def __call__(self, inputs: JTensor) -> JTensor:
+    out = super().__call__(inputs)
+    return out + self.lora_delta(inputs).astype(out.dtype)
 
 
 class LoraLinear(linears.Linear, LoraLayer):
@@ -460,11 +489,19 @@ def add_lora(
       if getattr(layer_tpl, 'cross_atten_tpl', None) is not None:
         attention_tpls.append(layer_tpl.cross_atten_tpl)
       for atten_tpl in attention_tpls:
-        # Both templates are switched whatever combine_qkv says: the unused one builds nothing.
+        # q, k, v (and the output projection) use proj_tpl; MultiQueryDotProductAttention's
+        # grouped k / v too (num_kv_heads heads), its one-headed k / v (num_kv_heads = 1)
+        # headless_proj_tpl. Every template is switched whatever the attention builds from it:
+        # an unused one builds nothing.
         _to_lora(atten_tpl.proj_tpl, attentions.AttentionProjection, LoraAttentionProjection,
                  lora_output_projection=attention_output, **fields)
-        _to_lora(atten_tpl.combined_qkv_proj_tpl, attentions.CombinedQKVProjectionLayer,
-                 LoraCombinedQKVProjection, **fields)
+        if issubclass(fdl.get_callable(atten_tpl),
+                      multi_query_attention.MultiQueryDotProductAttention):
+          _to_lora(atten_tpl.headless_proj_tpl, multi_query_attention.OneHeadedAttentionProjection,
+                   LoraOneHeadedAttentionProjection, **fields)
+        else:
+          _to_lora(atten_tpl.combined_qkv_proj_tpl, attentions.CombinedQKVProjectionLayer,
+                   LoraCombinedQKVProjection, **fields)
     if ffn:
       _to_lora(layer_tpl.tr_fflayer_tpl.fflayer_tpl.linear_tpl, linears.Linear, LoraLinear,
                **fields)

@@ -1,0 +1,498 @@
+"""Converts a pre-trained LM checkpoint into a Pax checkpoint of its praxis TransformerLm.
+
+Sources:
+  - a Hugging Face checkpoint folder: `config.json` and `*.safetensors` (PyTorch layout, read with
+    the `safetensors` package's numpy API, no torch), model_type `llama` or `gemma`;
+  - a GGUF file (llama.cpp; `gguf` package), architecture `llama` or `gemma`; quantized tensors
+    (Q8_0, Q4_1, ...) are dequantized with `gguf.quants.dequantize`. llama.cpp permutes the rows of
+    Llama's attn_q / attn_k so that RoPE rotates adjacent pairs; they are permuted back (praxis and
+    HF rotate halves). llama.cpp stores Gemma's norm weights plus one; one is subtracted.
+
+Both are first read into HF's tensor names and layout ([out, in] matrices), checked against the
+architecture (every tensor present, none extra, shapes and dtypes), then mapped onto the praxis
+model's variables (`params/lm/...`, see `mode_pax.backbones`), whose names and shapes are checked
+against the praxis model itself. Nothing is written before every check has passed.
+
+Variables are float32 (praxis keeps float32 weights; FPROP_DTYPE casts them). The Pax
+checkpoint is written by paxml's own `checkpoints.save_checkpoint` (GDA / orbax, as
+`paxml.main` writes it), a TrainState with the model variables, step 0 and no optimizer state:
+`<out>/checkpoint_00000000/`. Point `MODE_PAX_BACKBONE_CKPT` at `<out>`; Pax's warm-start rules
+(`init_from_checkpoint_rules`, load_opt_states=False) read it.
+
+Command:
+  python -m mode_pax.convert --hf=PATH/TO/HF_FOLDER --out=PATH/TO/CKPT_DIR
+  python -m mode_pax.convert --gguf=PATH/TO/model.gguf --out=PATH/TO/CKPT_DIR
+It prints the architecture as a mixin of `mode_pax.backbones` to use in the experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from mode_pax import backbones
+
+Architecture = backbones.Architecture
+
+
+class ConversionError(ValueError):
+  """The checkpoint cannot be converted; the message names the tensor or field."""
+
+
+# ------------------------------------------------------------------------------------------------
+# HF names and shapes of an architecture.
+
+_FLOAT_DTYPES = ('float32', 'float16', 'bfloat16')
+
+
+def hf_tensor_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
+  """HF (PyTorch layout) tensor name -> shape of a Llama / Gemma checkpoint of `arch`."""
+  d, f, v = arch.model_dims, arch.hidden_dims, arch.vocab_size
+  q, kv = arch.num_heads * arch.dims_per_head, arch.num_kv_heads * arch.dims_per_head
+  shapes = {'model.embed_tokens.weight': (v, d), 'model.norm.weight': (d,)}
+  if not arch.tie_embeddings:
+    shapes['lm_head.weight'] = (v, d)
+  for i in range(arch.num_layers):
+    p = f'model.layers.{i}.'
+    shapes.update({
+        p + 'input_layernorm.weight': (d,),
+        p + 'self_attn.q_proj.weight': (q, d),
+        p + 'self_attn.k_proj.weight': (kv, d),
+        p + 'self_attn.v_proj.weight': (kv, d),
+        p + 'self_attn.o_proj.weight': (d, q),
+        p + 'post_attention_layernorm.weight': (d,),
+        p + 'mlp.gate_proj.weight': (f, d),
+        p + 'mlp.up_proj.weight': (f, d),
+        p + 'mlp.down_proj.weight': (d, f),
+    })
+  return shapes
+
+
+# Buffers some HF checkpoints carry that are not parameters (recomputed from the config).
+_IGNORED_HF_TENSORS = re.compile(r'model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq')
+
+
+def check_tensors(arch: Architecture, shapes: dict[str, tuple[int, ...]],
+                  dtypes: dict[str, str], source: str) -> None:
+  """ConversionError naming each missing, extra, misshapen or non-float tensor."""
+  expected = hf_tensor_shapes(arch)
+  missing = sorted(set(expected) - set(shapes))
+  extra = sorted(n for n in set(shapes) - set(expected) if not _IGNORED_HF_TENSORS.fullmatch(n))
+  problems = []
+  if missing:
+    problems.append(f'missing tensor(s): {", ".join(missing[:8])}'
+                    + (f' (and {len(missing) - 8} more)' if len(missing) > 8 else ''))
+  if extra:
+    problems.append(f'unexpected tensor(s) for this architecture: {", ".join(extra[:8])}'
+                    + (f' (and {len(extra) - 8} more)' if len(extra) > 8 else ''))
+  for name in sorted(set(expected) & set(shapes)):
+    if tuple(shapes[name]) != expected[name]:
+      problems.append(f'tensor {name} has shape {tuple(shapes[name])}, expected '
+                      f'{expected[name]} from the config')
+    if dtypes[name] not in _FLOAT_DTYPES:
+      problems.append(f'tensor {name} has dtype {dtypes[name]}, expected one of {_FLOAT_DTYPES}')
+  if problems:
+    raise ConversionError(f'{source}: ' + '; '.join(problems) + '.')
+
+
+# ------------------------------------------------------------------------------------------------
+# Hugging Face folder.
+
+
+def _field(config: dict, name: str, kind: type, source: str, default: Any = None) -> Any:
+  value = config.get(name, default)
+  if value is None:
+    raise ConversionError(f'{source}: field {name!r} is missing.')
+  if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    raise ConversionError(f'{source}: field {name!r}={value!r} should be {kind.__name__}.')
+  return value
+
+
+def architecture_from_hf_config(config: dict, source: str = 'config.json') -> Architecture:
+  """The Architecture of a HF `config.json` (llama or gemma); ConversionError names the field."""
+  model_type = config.get('model_type')
+  if model_type not in backbones.FAMILIES:
+    raise ConversionError(
+        f'{source}: field model_type={model_type!r} (architectures='
+        f'{config.get("architectures")}) is not supported; supported: {backbones.FAMILIES}.')
+  heads = _field(config, 'num_attention_heads', int, source)
+  d = _field(config, 'hidden_size', int, source)
+  for flag in ('attention_bias', 'mlp_bias'):
+    if config.get(flag):
+      raise ConversionError(f'{source}: field {flag}=true (biases) is not supported.')
+  if model_type == 'llama':
+    act = config.get('hidden_act', 'silu')
+    if act != 'silu':
+      raise ConversionError(f'{source}: field hidden_act={act!r}; the Llama family is SwiGLU '
+                            '("silu").')
+  else:
+    act = config.get('hidden_activation') or 'gelu_pytorch_tanh'
+    # HF's Gemma runs the tanh approximation whatever the legacy hidden_act says.
+    if act not in ('gelu_pytorch_tanh', 'gelu_new', 'gelu_fast'):
+      raise ConversionError(f'{source}: field hidden_activation={act!r}; the Gemma family is '
+                            'GeGLU with the tanh approximation ("gelu_pytorch_tanh").')
+  scaling = config.get('rope_scaling')
+  rope_scaling = None
+  if scaling is not None:
+    kind = scaling.get('rope_type', scaling.get('type'))
+    if kind != 'llama3' or model_type != 'llama':
+      raise ConversionError(f'{source}: field rope_scaling={scaling!r}: only Llama 3 scaling '
+                            '(rope_type "llama3") is supported.')
+    try:
+      rope_scaling = backbones.RopeScaling(
+          factor=float(scaling['factor']), low_freq_factor=float(scaling['low_freq_factor']),
+          high_freq_factor=float(scaling['high_freq_factor']),
+          original_max_position_embeddings=int(scaling['original_max_position_embeddings']))
+    except KeyError as e:
+      raise ConversionError(f'{source}: field rope_scaling lacks {e.args[0]!r}.') from None
+  arch = Architecture(
+      family=model_type,
+      num_layers=_field(config, 'num_hidden_layers', int, source),
+      model_dims=d,
+      hidden_dims=_field(config, 'intermediate_size', int, source),
+      num_heads=heads,
+      num_kv_heads=_field(config, 'num_key_value_heads', int, source, heads),
+      dims_per_head=_field(config, 'head_dim', int, source, d // heads),
+      vocab_size=_field(config, 'vocab_size', int, source),
+      rope_base=_field(config, 'rope_theta', float, source, 10000.0),
+      norm_eps=_field(config, 'rms_norm_eps', float, source, 1e-6),
+      tie_embeddings=_field(config, 'tie_word_embeddings', bool, source,
+                            model_type == 'gemma'),
+      rope_scaling=rope_scaling)
+  try:
+    return arch.check()
+  except ValueError as e:
+    raise ConversionError(f'{source}: {e}') from None
+
+
+_SAFETENSORS_DTYPES = {'F64': 'float64', 'F32': 'float32', 'F16': 'float16', 'BF16': 'bfloat16',
+                       'I64': 'int64', 'I32': 'int32', 'I16': 'int16', 'I8': 'int8',
+                       'U8': 'uint8', 'BOOL': 'bool'}
+
+
+def read_hf_checkpoint(folder: str) -> tuple[Architecture, dict[str, np.ndarray]]:
+  """(architecture, HF name -> float32 array) of a HF folder; everything checked first."""
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(folder, 'config.json')
+  if not os.path.exists(config_path):
+    raise ConversionError(f'{folder}: no config.json.')
+  with open(config_path) as f:
+    config = json.load(f)
+  arch = architecture_from_hf_config(config, config_path)
+  files = sorted(n for n in os.listdir(folder) if n.endswith('.safetensors'))
+  if not files:
+    raise ConversionError(f'{folder}: no *.safetensors file (PyTorch .bin is not read: no torch).')
+  where, shapes, dtypes = {}, {}, {}
+  for name in files:
+    with safe_open(os.path.join(folder, name), framework='np') as f:
+      metadata = f.metadata() or {}
+      if metadata.get('format') not in (None, 'pt'):
+        raise ConversionError(f'{folder}/{name}: metadata format={metadata.get("format")!r}; '
+                              'expected a PyTorch-layout checkpoint ("pt").')
+      for key in f.keys():
+        if key in where:
+          raise ConversionError(f'{folder}: tensor {key} is in both {where[key]} and {name}.')
+        where[key] = name
+        sl = f.get_slice(key)
+        shapes[key] = tuple(sl.get_shape())
+        dtypes[key] = _SAFETENSORS_DTYPES.get(sl.get_dtype(), sl.get_dtype())
+  # Some tied checkpoints store the shared table twice; it must then be the same table.
+  tied_head = arch.tie_embeddings and 'lm_head.weight' in shapes
+  checked = {k: v for k, v in shapes.items() if not (tied_head and k == 'lm_head.weight')}
+  check_tensors(arch, checked, dtypes, folder)
+  tensors = {}
+  for name in files:
+    with safe_open(os.path.join(folder, name), framework='np') as f:
+      for key in f.keys():
+        if _IGNORED_HF_TENSORS.fullmatch(key):
+          continue
+        tensors[key] = np.asarray(f.get_tensor(key)).astype(np.float32)
+  if tied_head:
+    head = tensors.pop('lm_head.weight')
+    if head.shape != tensors['model.embed_tokens.weight'].shape or not np.array_equal(
+        head, tensors['model.embed_tokens.weight']):
+      raise ConversionError(f'{folder}: tie_word_embeddings is true but tensor lm_head.weight '
+                            'differs from model.embed_tokens.weight.')
+  return arch, tensors
+
+
+# ------------------------------------------------------------------------------------------------
+# GGUF file.
+
+_GGUF_LAYER = {
+    'attn_norm': 'input_layernorm',
+    'attn_q': 'self_attn.q_proj',
+    'attn_k': 'self_attn.k_proj',
+    'attn_v': 'self_attn.v_proj',
+    'attn_output': 'self_attn.o_proj',
+    'ffn_norm': 'post_attention_layernorm',
+    'ffn_gate': 'mlp.gate_proj',
+    'ffn_up': 'mlp.up_proj',
+    'ffn_down': 'mlp.down_proj',
+}
+_GGUF_GLOBAL = {
+    'token_embd.weight': 'model.embed_tokens.weight',
+    'output_norm.weight': 'model.norm.weight',
+    'output.weight': 'lm_head.weight',
+}
+
+
+def _hf_name_of_gguf(name: str) -> str | None:
+  if name in _GGUF_GLOBAL:
+    return _GGUF_GLOBAL[name]
+  m = re.fullmatch(r'blk\.(\d+)\.(\w+)\.weight', name)
+  if m and m[2] in _GGUF_LAYER:
+    return f'model.layers.{int(m[1])}.{_GGUF_LAYER[m[2]]}.weight'
+  return None
+
+
+def unpermute_llama_cpp_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
+  """Undoes llama.cpp's q/k row permutation (adjacent-pair RoPE back to rotate-halves).
+
+  llama.cpp's converter writes w.reshape(n, 2, hd/2, in).swapaxes(1, 2) per head; this is its
+  inverse: rows of each head go from interleaved (pairs) back to [first half; second half].
+  """
+  rows = w.shape[0]
+  if rows % (2 * num_heads):
+    raise ConversionError(f'{rows} rows do not split into {num_heads} heads of even size.')
+  return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(
+      w.shape)
+
+
+def architecture_from_gguf(reader, source: str) -> Architecture:
+  """The Architecture of a GGUF file's metadata (and tensor list, for vocabulary and tying)."""
+  fields = {name: field for name, field in reader.fields.items()}
+
+  def get(key, kind, default=None):
+    field = fields.get(key)
+    if field is None:
+      if default is None:
+        raise ConversionError(f'{source}: metadata field {key!r} is missing.')
+      return default
+    value = field.contents()
+    if kind is float and isinstance(value, (int, float)):
+      # GGUF stores float32: 1e-5 reads back as 9.99999974e-06; keep float32's shortest repr.
+      value = float(str(np.float32(value)))
+    if not isinstance(value, kind):
+      raise ConversionError(f'{source}: metadata field {key!r}={value!r} should be '
+                            f'{kind.__name__}.')
+    return value
+
+  family = get('general.architecture', str)
+  if family not in backbones.FAMILIES:
+    raise ConversionError(f'{source}: metadata field general.architecture={family!r} is not '
+                          f'supported; supported: {backbones.FAMILIES}.')
+  tensors = {t.name: t for t in reader.tensors}
+  if 'rope_freqs.weight' in tensors:
+    raise ConversionError(f'{source}: tensor rope_freqs.weight (Llama 3 RoPE scaling) is not '
+                          'supported from GGUF yet; convert the Hugging Face checkpoint.')
+  scaling = fields.get(f'{family}.rope.scaling.type')
+  if scaling is not None and scaling.contents() not in ('none',):
+    raise ConversionError(f'{source}: metadata field {family}.rope.scaling.type='
+                          f'{scaling.contents()!r} is not supported.')
+  d = get(f'{family}.embedding_length', int)
+  heads = get(f'{family}.attention.head_count', int)
+  if 'token_embd.weight' not in tensors:
+    raise ConversionError(f'{source}: tensor token_embd.weight is missing.')
+  vocab = int(tensors['token_embd.weight'].shape[-1])  # ggml ne: [D, V]
+  arch = Architecture(
+      family=family,
+      num_layers=get(f'{family}.block_count', int),
+      model_dims=d,
+      hidden_dims=get(f'{family}.feed_forward_length', int),
+      num_heads=heads,
+      num_kv_heads=get(f'{family}.attention.head_count_kv', int, heads),
+      dims_per_head=get(f'{family}.attention.key_length', int, d // heads),
+      vocab_size=get(f'{family}.vocab_size', int, vocab),
+      rope_base=get(f'{family}.rope.freq_base', float, 10000.0),
+      norm_eps=get(f'{family}.attention.layer_norm_rms_epsilon', float),
+      tie_embeddings='output.weight' not in tensors)
+  try:
+    return arch.check()
+  except ValueError as e:
+    raise ConversionError(f'{source}: {e}') from None
+
+
+def read_gguf(path: str) -> tuple[Architecture, dict[str, np.ndarray]]:
+  """(architecture, HF name -> float32 array in HF layout) of a GGUF file; checked first."""
+  import gguf  # pylint: disable=g-import-not-at-top
+  from gguf import quants  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    raise ConversionError(f'{path}: no such file.')
+  reader = gguf.GGUFReader(path)
+  arch = architecture_from_gguf(reader, path)
+  shapes, dtypes, sources, unknown = {}, {}, {}, []
+  qtype = gguf.GGMLQuantizationType
+  readable = {qtype.F32, qtype.F16} | set(quants._type_traits)  # pylint: disable=protected-access
+  for t in reader.tensors:
+    hf = _hf_name_of_gguf(t.name)
+    if hf is None:
+      unknown.append(t.name)
+      continue
+    shapes[hf] = tuple(int(n) for n in reversed(t.shape.tolist()))  # ggml ne is [in, out]
+    dtypes[hf] = 'float32' if t.tensor_type in readable else f'GGML {t.tensor_type.name}'
+    sources[hf] = t
+  if unknown:
+    raise ConversionError(f'{path}: unexpected tensor(s) for this architecture: '
+                          f'{", ".join(sorted(unknown)[:8])}.')
+  check_tensors(arch, shapes, dtypes, path)
+  tensors = {}
+  for hf, t in sources.items():
+    w = np.asarray(quants.dequantize(t.data, t.tensor_type), np.float32).reshape(shapes[hf])
+    if arch.family == 'llama' and hf.endswith('self_attn.q_proj.weight'):
+      w = unpermute_llama_cpp_rows(w, arch.num_heads)
+    elif arch.family == 'llama' and hf.endswith('self_attn.k_proj.weight'):
+      w = unpermute_llama_cpp_rows(w, arch.num_kv_heads)
+    elif arch.family == 'gemma' and hf.endswith('norm.weight'):
+      w = w - 1.0  # llama.cpp stores Gemma's (1 + w)
+    tensors[hf] = w
+  return arch, tensors
+
+
+# ------------------------------------------------------------------------------------------------
+# HF tensors -> praxis variables.
+
+
+def _layer_rules(arch: Architecture) -> list[tuple[str, str, Callable[[np.ndarray], np.ndarray]]]:
+  d, n, nk, h = arch.model_dims, arch.num_heads, arch.num_kv_heads, arch.dims_per_head
+  kv_shape = (d, h) if nk == 1 else (d, nk, h)  # praxis: one-headed key/value for MQA
+  return [
+      ('input_layernorm.weight', 'layer_norm/scale', lambda w: w),
+      ('self_attn.q_proj.weight', 'self_attention/query/w', lambda w: w.T.reshape(d, n, h)),
+      ('self_attn.k_proj.weight', 'self_attention/key/w', lambda w: w.T.reshape(kv_shape)),
+      ('self_attn.v_proj.weight', 'self_attention/value/w', lambda w: w.T.reshape(kv_shape)),
+      ('self_attn.o_proj.weight', 'self_attention/post/w', lambda w: w.reshape(d, n, h)),
+      ('post_attention_layernorm.weight', 'ff_layer/layer_norm/scale', lambda w: w),
+      ('mlp.gate_proj.weight', 'ff_layer/ffn_layer1_gate/linear/w', lambda w: w.T),
+      ('mlp.up_proj.weight', 'ff_layer/ffn_layer1/linear/w', lambda w: w.T),
+      ('mlp.down_proj.weight', 'ff_layer/ffn_layer2/linear/w', lambda w: w.T),
+  ]
+
+
+def to_pax_variables(arch: Architecture, hf: dict[str, np.ndarray],
+                     consume: bool = False) -> dict[str, np.ndarray]:
+  """{'params/lm/...': float32 array} of the praxis TransformerLm of `arch` from HF tensors.
+
+  Checks the tensors (`check_tensors`) and the result against the praxis model's own variables
+  (names and shapes), so a mismatch stops here rather than in Pax's checkpoint loading. With
+  `consume`, each HF tensor is removed from `hf` once converted (one model's memory, not two).
+  """
+  check_tensors(arch, {k: v.shape for k, v in hf.items()},
+                {k: str(v.dtype) for k, v in hf.items()}, 'tensors')
+  take = hf.pop if consume else hf.__getitem__
+  out = {}
+
+  def put(path, value):
+    out[path] = np.ascontiguousarray(value, dtype=np.float32)
+
+  put('params/lm/final_ln/scale', take('model.norm.weight'))
+  emb = take('model.embed_tokens.weight')
+  if arch.tie_embeddings:
+    put('params/lm/softmax/logits_ffn/linear/w', emb.T)
+  else:
+    put('params/lm/embedding_lookup/emb_var', emb)
+    put('params/lm/softmax/logits_ffn/linear/w', take('lm_head.weight').T)
+  del emb
+  for i in range(arch.num_layers):
+    for hf_name, pax_name, fn in _layer_rules(arch):
+      put(f'params/lm/transformer/x_layers_{i}/{pax_name}', fn(take(f'model.layers.{i}.{hf_name}')))
+  expected = backbones.abstract_variables(backbones.transformer_lm(arch))
+  if set(out) != set(expected):
+    raise ConversionError(f'praxis variables differ: missing {sorted(set(expected) - set(out))},'
+                          f' extra {sorted(set(out) - set(expected))}.')
+  for k, v in out.items():
+    if tuple(v.shape) != tuple(expected[k].shape):
+      raise ConversionError(f'variable {k}: shape {v.shape}, the praxis model has '
+                            f'{expected[k].shape}.')
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing with paxml.
+
+
+def write_pax_checkpoint(variables: dict[str, np.ndarray], ckpt_dir: str, step: int = 0,
+                         consume: bool = False) -> str:
+  """Writes `variables` as paxml's GDA checkpoint `<ckpt_dir>/checkpoint_<step>`; returns it.
+
+  A paxml TrainState (step, mdl_vars, no optimizer state) saved by
+  `paxml.checkpoints.save_checkpoint`, as a pjit run of paxml.main saves one; Pax's warm start
+  (load_opt_states=False) and `mode_pax.checkpoints.read_variables` read it. With `consume`, the
+  arrays are removed from `variables` as they are handed to JAX.
+  """
+  from jax import numpy as jnp  # pylint: disable=g-import-not-at-top
+  from paxml import checkpoints as pax_checkpoints  # pylint: disable=g-import-not-at-top
+  from paxml import train_states  # pylint: disable=g-import-not-at-top
+  from mode_pax import paths  # pylint: disable=g-import-not-at-top
+  from mode_pax import trees  # pylint: disable=g-import-not-at-top
+  if paths.latest_checkpoint_step(ckpt_dir) is not None:
+    raise FileExistsError(f'{ckpt_dir} already holds a checkpoint; choose an empty folder.')
+  bad = [k for k in variables if not k.startswith('params/')]
+  if bad:
+    raise ValueError(f'variables outside params/: {bad[:4]}')
+  arrays = {}
+  for k in list(variables):  # with consume, each numpy array is freed once on the device
+    arrays[k] = jnp.asarray(variables.pop(k) if consume else variables[k])
+  mdl_vars = trees.unflatten(arrays)
+  state = train_states.TrainState(step=jnp.asarray(step, jnp.int32), mdl_vars=mdl_vars,
+                                  opt_states=[])
+  manager = pax_checkpoints.save_checkpoint(
+      state, ckpt_dir, checkpoint_type=pax_checkpoints.CheckpointType.GDA)
+  if hasattr(manager, 'wait_until_finished'):
+    manager.wait_until_finished()
+  return os.path.join(ckpt_dir, f'checkpoint_{step:08d}')
+
+
+def convert(*, hf: str | None = None, gguf_path: str | None = None, out: str,
+            step: int = 0) -> tuple[Architecture, str]:
+  """Reads, checks, converts and writes; returns (architecture, checkpoint step folder)."""
+  from mode_pax import paths  # pylint: disable=g-import-not-at-top
+  if (hf is None) == (gguf_path is None):
+    raise ValueError('Give exactly one of hf= or gguf_path=.')
+  if paths.latest_checkpoint_step(out) is not None:
+    raise FileExistsError(f'{out} already holds a checkpoint; choose an empty folder.')
+  arch, tensors = read_hf_checkpoint(hf) if hf else read_gguf(gguf_path)
+  variables = to_pax_variables(arch, tensors, consume=True)
+  return arch, write_pax_checkpoint(variables, out, step, consume=True)
+
+
+def describe(arch: Architecture) -> str:
+  """The mixin lines that give an experiment this backbone."""
+  base = {'llama': 'LlamaFamily', 'gemma': 'GemmaFamily'}[arch.family]
+  lines = [f'class MyBackbone(backbones.{base}):',
+           f'  NUM_LAYERS = {arch.num_layers}', f'  MODEL_DIMS = {arch.model_dims}',
+           f'  HIDDEN_DIMS = {arch.hidden_dims}', f'  NUM_HEADS = {arch.num_heads}',
+           f'  NUM_KV_HEADS = {arch.num_kv_heads}', f'  DIMS_PER_HEAD = {arch.dims_per_head}',
+           f'  VOCAB_SIZE = {arch.vocab_size}', f'  ROPE_BASE = {arch.rope_base}',
+           f'  NORM_EPS = {arch.norm_eps}', f'  TIE_EMBEDDINGS = {arch.tie_embeddings}']
+  if arch.rope_scaling is not None:
+    lines.append(f'  ROPE_SCALING = backbones.{arch.rope_scaling!r}')
+  return '\n'.join(lines)
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog='python -m mode_pax.convert', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument('--hf', help='Hugging Face folder: config.json + *.safetensors')
+  source.add_argument('--gguf', help='GGUF file')
+  parser.add_argument('--out', required=True,
+                      help='folder for checkpoint_00000000 (MODE_PAX_BACKBONE_CKPT)')
+  args = parser.parse_args(None if argv is None else list(argv))
+  try:
+    arch, written = convert(hf=args.hf, gguf_path=args.gguf, out=args.out)
+  except (ConversionError, FileExistsError) as e:
+    raise SystemExit(f'error: {e}') from None
+  print(f'wrote {written}\nset MODE_PAX_BACKBONE_CKPT={os.path.abspath(args.out)}\n'
+        f'architecture (put before the method in the experiment\'s bases):\n{describe(arch)}')
+
+
+if __name__ == '__main__':
+  main()
