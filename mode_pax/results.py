@@ -53,14 +53,14 @@ def eval_key(job_log_dir: str, experiment_cls) -> dict:
 
 
 def save_test_metrics(job_log_dir: str, experiment_cls) -> dict[str, float]:
-  key = eval_key(job_log_dir, experiment_cls)
+  cache_key = eval_key(job_log_dir, experiment_cls)
   metrics = {}
   for _, key in DOMAINS:
     eval_step, accuracy = read_eval_accuracy(job_log_dir, key)
     metrics[key] = 100.0 * accuracy
   metrics['average'] = sum(metrics[k] for _, k in DOMAINS) / len(DOMAINS)
   count = param_count.count_experiment(experiment_cls)
-  record = dict(key=key, eval_step=eval_step, metrics=metrics, total_params=count.total,
+  record = dict(key=cache_key, eval_step=eval_step, metrics=metrics, total_params=count.total,
                 trainable_params=count.trainable)
   with open(os.path.join(job_log_dir, METRICS_FILE), 'w') as f:
     json.dump(record, f, indent=1)
