@@ -1,7 +1,8 @@
-r"""Small-scale train-step throughput: Pax's step vs. a hand-written JAX step; expert vs. full FT.
+r"""Train-step throughput: Pax's step vs. a hand-written JAX step; expert vs. full FT; the PLM.
 
-  nice -n 19 .venv/bin/python benchmarks/train_step.py [--rounds 15] [--steps 1] [--warmup 2] \
-      [--out results/train_step_small.md]
+  nice -n 19 .venv/bin/python benchmarks/train_step.py [--scale small] [--rounds 15] [--steps 1] \
+      [--warmup 2] [--out results/train_step_<scale>.md]
+  .venv/bin/python benchmarks/train_step.py --scale smollm2 --rounds 5   # SmolLM2-135M
 
 Measures, in ONE process and on one synthetic batch (exp.TRAIN_BATCH_SIZE x exp.SEQUENCE_LENGTH
 random token ids, no padding; a step-time benchmark, the data pipeline has its own):
@@ -16,7 +17,9 @@ random token ids, no padding; a step-time benchmark, the data pipeline has its o
                             transformation Pax's learner uses (`learner.get_grad_tx(...)`: praxis
                             ShardedAdafactor with its learning-rate schedule and weight decay) and
                             `params + update`. No summaries, no anomaly checks, no step masking;
-  pax:FullFinetuneMathCode  Pax's step of `mode.small.FullFinetuneMathCode` (all variables train).
+  pax:FullFinetuneMathCode  Pax's step of `mode.small.FullFinetuneMathCode` (all variables train);
+  fwd:Backbone              (--scale smollm2's default, with the two pax: steps) the forward pass
+                            and loss of the backbone alone (evaluation mode, no gradient).
 
 Configurations are interleaved: `--rounds` rounds, each running `--steps` steps of every
 configuration in turn (default: one step each, A B C A B C ...), so load changes on this shared
@@ -58,7 +61,11 @@ from praxis import py_utils
 from mode_pax import lm_batch
 from mode_pax import registry
 
-DEFAULT_CONFIGS = ('pax:CodeExpert', 'jax:CodeExpert', 'pax:FullFinetuneMathCode')
+DEFAULT_CONFIGS = {
+    'small': ('pax:CodeExpert', 'jax:CodeExpert', 'pax:FullFinetuneMathCode'),
+    # The PLM's forward pass, a MoDE expert step (frozen backbone) and full fine-tuning.
+    'smollm2': ('fwd:Backbone', 'pax:CodeExpert', 'pax:FullFinetuneMathCode'),
+}
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int) -> py_utils.NestedMap:
@@ -67,9 +74,9 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int) -> py_utils.
   return lm_batch.lm_batch(ids, np.roll(ids, -1, axis=1))
 
 
-def build_task(name: str):
+def build_task(name: str, scale: str = 'small'):
   """(instantiated Pax task, experiment) of a registered experiment, with no warm start."""
-  exp = registry.lookup(f'mode.small.{name}')()
+  exp = registry.lookup(f'mode.{scale}.{name}')()
   task_p = exp.task()
   task_p.train.init_from_checkpoint_rules = {}
   return base_layer.instantiate(task_p), exp
@@ -106,6 +113,28 @@ def _trainable_count(wps, excluded) -> int:
 
 def _is_wp(x) -> bool:
   return isinstance(x, base_layer.WeightHParams)
+
+
+class ForwardStep:
+  """The model's forward pass and loss alone (evaluation mode, no gradient): the PLM's speed."""
+
+  def __init__(self, task, state, batch):
+    model = task.model
+    context_p = base_layer.JaxContext.HParams(do_eval=True)
+
+    def forward(mdl_vars, inputs):
+      with base_layer.JaxContext.new_context(hparams=context_p):
+        metrics, _ = model.apply(mdl_vars, inputs, rngs={'random': jax.random.PRNGKey(0)})
+      return metrics[task.learners[0].loss_name][0]
+
+    self._fn = jax.jit(forward)
+    self._vars, self._batch = state.mdl_vars, batch
+    self.trainable = 0
+
+  def __call__(self):
+    loss = self._fn(self._vars, self._batch)
+    jax.block_until_ready(loss)
+    return loss
 
 
 class HandWrittenStep:
@@ -168,10 +197,14 @@ def main(argv=None):
                       help='Timed steps of each configuration per round.')
   parser.add_argument('--warmup', type=int, default=2,
                       help='Untimed steps per configuration after the compiling first call.')
-  parser.add_argument('--configs', default=','.join(DEFAULT_CONFIGS),
-                      help='Comma-separated {pax,jax}:Experiment (mode.small.Experiment).')
-  parser.add_argument('--out', default='results/train_step_small.md',
-                      help="Markdown report ('' to only print).")
+  parser.add_argument('--scale', default='small', choices=sorted(DEFAULT_CONFIGS),
+                      help='Experiments of mode.<scale>.')
+  parser.add_argument('--configs', default=None,
+                      help='Comma-separated {pax,jax,fwd}:Experiment (mode.<scale>.Experiment); '
+                      'default: the scale\'s (DEFAULT_CONFIGS).')
+  parser.add_argument('--out', default=None,
+                      help="Markdown report ('' to only print); default "
+                      'results/train_step_<scale>.md.')
   parser.add_argument('--machine_note', default='2 CPU cores, shared with a running training '
                       'pipeline; run under nice -n 19', help='Written into the report.')
   parser.add_argument('--compile_cache', default='',
@@ -183,13 +216,16 @@ def main(argv=None):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   flags.FLAGS.mark_as_parsed()  # paxml library calls read absl flags
 
-  names = [c.strip() for c in args.configs.split(',') if c.strip()]
+  configs = args.configs if args.configs is not None else ','.join(DEFAULT_CONFIGS[args.scale])
+  names = [c.strip() for c in configs.split(',') if c.strip()]
+  if args.out is None:
+    args.out = f'results/train_step_{args.scale}.md'
   tasks, states, steppers, compile_s, tokens, first_loss = {}, {}, {}, {}, {}, {}
   start = time.perf_counter()
   for cfg in names:
     kind, exp_name = cfg.split(':')
     if exp_name not in tasks:
-      task, exp = build_task(exp_name)
+      task, exp = build_task(exp_name, args.scale)
       batch = synthetic_batch(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH, exp.VOCAB_SIZE)
       t0 = time.perf_counter()
       state, _ = trainer_lib.initialize_model_state(task, jax.random.PRNGKey(0), batch)
@@ -197,7 +233,8 @@ def main(argv=None):
       print(f'{exp_name}: initialised in {time.perf_counter() - t0:.1f} s', flush=True)
       tasks[exp_name], states[exp_name] = (task, batch), state
     task, batch = tasks[exp_name]
-    steppers[cfg] = {'pax': PaxStep, 'jax': HandWrittenStep}[kind](task, states[exp_name], batch)
+    steppers[cfg] = {'pax': PaxStep, 'jax': HandWrittenStep, 'fwd': ForwardStep}[kind](
+        task, states[exp_name], batch)
     tokens[cfg] = float(jnp.sum(batch.weights))
     t0 = time.perf_counter()
     first_loss[cfg] = float(steppers[cfg]())
@@ -244,6 +281,7 @@ def main(argv=None):
         'expert training (CodeExpert) / full FT (FullFinetuneMathCode), Pax')
   ratio('jax:CodeExpert', 'pax:FullFinetuneMathCode',
         'hand-written CodeExpert / Pax full FT')
+  ratio('pax:CodeExpert', 'fwd:Backbone', 'expert training step / forward pass of the PLM')
 
   checks = []
   for exp_name in tasks:
@@ -261,7 +299,7 @@ def main(argv=None):
       shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
   batch_desc = ', '.join(sorted({f'{int(tokens[c])} tokens/step' for c in names}))
   report = '\n'.join([
-      '# Train step time at small scale (`mode.small`)', '',
+      f'# Train step time at {args.scale} scale (`mode.{args.scale}`)', '',
       f'Command: `{command.strip()}`', '',
       f'Machine: {args.machine_note}; {platform.machine()}, {os.cpu_count()} logical CPUs, '
       f'jax {jax.__version__} ({jax.default_backend()}).', '',

@@ -24,7 +24,8 @@ from mode_pax import methods
 from mode_pax import registry
 
 # The modules that register experiments (paxml prints a line per registration: kept quiet).
-MODULES = ('mode.params', 'mode.small', 'mode.sharding')
+MODULES = ('mode.params', 'mode.small', 'mode.smollm2', 'mode.gemma2b', 'mode.llama32_1b',
+           'mode.sharding')
 _METHOD_CLASSES = (methods.Pretrain, methods.FullFinetune, methods.Lora, methods.MoDE,
                    experiment.LmExperiment)
 

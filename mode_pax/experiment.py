@@ -25,12 +25,14 @@ from jax import numpy as jnp
 from paxml import tasks_lib
 from paxml.tasks.lm import model_params
 from praxis import pax_fiddle
+from praxis.layers import repeats
 
 from mode_pax import lm_batch
 from mode_pax import paths
 from mode_pax import registry
 from mode_pax.data import inputs
 from mode_pax.data import tasks as data_tasks
+from mode_pax.layers import mode
 
 # The marker a run leaves in its job_log_dir: Pax resumes from any checkpoint there, so a folder
 # holding another experiment's run is refused.
@@ -53,6 +55,15 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   NUM_HEADS = 16
   VOCAB_SIZE = 192000
   FPROP_DTYPE = jnp.bfloat16
+  # MoDE blocks B (the backbone's layers are cut into B blocks of NUM_LAYERS / B).
+  NUM_BLOCKS = 3
+  # Scan the layers of each block (praxis StackedTransformerRepeated): compile time no longer
+  # grows with depth. Every method then stores the backbone in blocks (`mode.blocked_backbone`,
+  # NUM_BLOCKS of them), the layout its checkpoint has and that the other runs load by name.
+  SCAN_LAYERS = False
+  # What scanned layers keep for the backward pass: praxis' default recomputes each layer
+  # (activation memory of one layer per layer: TPU HBM); SAVE_EVERYTHING is faster on CPU.
+  SCAN_CHECKPOINT_POLICY = repeats.AutodiffCheckpointType.SAVE_NOTHING
 
   # The method's name in tables and plots (set by each method).
   METHOD_NAME = None
@@ -69,6 +80,10 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   EVAL_INTERVAL_STEPS = 1000
 
   # Data: seqio task names from mode_pax.data.tasks.
+  # The build's tokenizer: None = the vocabulary the data build trains (SentencePiece); a
+  # pre-trained LM's tokenizer name (e.g. 'smollm2', `python -m mode_pax.data.build
+  # --tokenizer=smollm2`) reads the build in that subfolder of the data folder (paths.data_dir).
+  TOKENIZER: str | None = None
   TRAIN_DATA = data_tasks.CODE
   TRAIN_DATA_SEED = 1234  # fixed shuffle order: a rerun reproduces a run (None: new each run)
   EVAL_DATA = (data_tasks.MATH, data_tasks.CODE, data_tasks.ENGLISH)
@@ -81,6 +96,10 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   # False where the backbone is an existing pre-trained LM that the user brings (paper scale):
   # a missing backbone then asks for MODE_PAX_BACKBONE_CKPT rather than for pre-training it.
   PRETRAIN_BACKBONE_HERE = True
+  # A Pretrain experiment whose run is an existing PLM converted rather than trained: a name in
+  # mode_pax.plms (e.g. 'smollm2'), a Hugging Face folder or a .gguf file; the pipeline converts
+  # it into the run's checkpoint folder (mode_pax.convert --exp=<this experiment>).
+  PRETRAINED: str | None = None
   EXPERTS = ()  # MoDE: expert j starts from expert 0 of EXPERTS[j]'s run
 
   # ---- Hooks of the pieces. ----
@@ -88,6 +107,16 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   def backbone_lm(self) -> pax_fiddle.Config:
     """The backbone family's praxis LM config (default: paxml's TransformerLm of this size)."""
     return super().task().model.lm_tpl
+
+  def stored_backbone_lm(self) -> pax_fiddle.Config:
+    """The backbone's LM config in the layout its checkpoint has (what `mode_pax.convert
+    --exp=` writes): `backbone_lm()`, cut into NUM_BLOCKS blocks of scanned layers with
+    SCAN_LAYERS."""
+    lm_tpl = self.backbone_lm()
+    if self.SCAN_LAYERS:
+      lm_tpl = mode.blocked_backbone(lm_tpl, num_blocks=self.NUM_BLOCKS,
+                                     checkpoint_policy=self.SCAN_CHECKPOINT_POLICY)
+    return lm_tpl
 
   def adapt_lm(self, lm_tpl: pax_fiddle.Config) -> pax_fiddle.Config:
     """The method's change to the backbone's LM config (default: none)."""
@@ -111,28 +140,34 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
     return pax_fiddle.Config(lm_batch.LmInputSpecs, batch_size=self.TRAIN_BATCH_SIZE,
                              seq_len=self.SEQUENCE_LENGTH)
 
+  def data_dir(self) -> str:
+    """The data build this experiment reads (its TOKENIZER's; no file system access)."""
+    return data_tasks.resolve_data_dir(paths.data_dir(self.TOKENIZER))
+
   def datasets(self):
     train = inputs.seqio_input_params(
         self.TRAIN_DATA, 'train', batch_size=self.TRAIN_BATCH_SIZE,
         seq_len=self.SEQUENCE_LENGTH, is_training=True, name='train',
-        input_random_seed=self.TRAIN_DATA_SEED)
+        input_random_seed=self.TRAIN_DATA_SEED, data_dir=self.data_dir())
     # Input checkpointing (see task()) saves the iterator explicitly, shuffle buffer included:
     # paxml's symbolic mode needs tf.data index shuffling, which calls tfds.Readahead, absent
     # from the pinned tensorflow-datasets.
     train.enable_symbolic_checkpointing = False
     evals = [inputs.seqio_input_params(
         name, paths.eval_split(), batch_size=self.EVAL_BATCH_SIZE, seq_len=self.SEQUENCE_LENGTH,
-        is_training=False, name=name.removeprefix('mode_')) for name in self.EVAL_DATA]
+        is_training=False, name=name.removeprefix('mode_'), data_dir=self.data_dir())
+             for name in self.EVAL_DATA]
     for p in evals:
       p.eval_loop_num_batches = self.EVAL_NUM_BATCHES
     return [train] + evals
 
   def task(self) -> pax_fiddle.Config:
     task_p = super().task()
-    task_p.model.lm_tpl = self.adapt_lm(self.backbone_lm())
+    task_p.model.lm_tpl = self.adapt_lm(self.stored_backbone_lm())
+    # (A valid schedule even for a run that trains no step: a converted backbone, MAX_STEPS=0.)
     model_params.set_default_adafactor(
         task_p, self.LEARNING_RATE, self.WEIGHT_DECAY, warmup_steps=self.WARMUP_STEPS,
-        decay_start=self.WARMUP_STEPS + 1, decay_end=self.MAX_STEPS,
+        decay_start=self.WARMUP_STEPS + 1, decay_end=max(self.MAX_STEPS, self.WARMUP_STEPS + 2),
         clip_gradient_norm_to_value=self.CLIP_GRADIENT_NORM_TO_VALUE)
     task_p.train.num_train_steps = self.MAX_STEPS
     task_p.train.learner.bprop_variable_inclusion = list(self.trainable_variables())
@@ -220,7 +255,9 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
         lines.append(
             f'  the backbone ({name}): no checkpoint in {ckpt}; set MODE_PAX_BACKBONE_CKPT to '
             'the folder of checkpoint_XXXXXXXX of a pre-trained praxis LM with its '
-            'architecture (README: "paper scale on Cloud TPU")')
+            'architecture, e.g. one converted for this run: python -m mode_pax.convert '
+            f'--hf=HF_FOLDER --exp={registry.experiment_name(type(self))} --out=DIR '
+            '(README: "Pre-trained backbones")')
       else:
         lines.append(f'  {name}: no checkpoint in {ckpt}; run it first: python -m paxml.main '
                      f'--exp={name} --job_log_dir={os.path.dirname(ckpt)}')
@@ -230,12 +267,23 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
         'at where they ran).')
 
   def _check_vocabulary(self) -> None:
-    data_vocab = data_tasks.vocab_size()
-    if data_vocab > self.VOCAB_SIZE:
+    data_dir = self.data_dir()
+    vocab = data_tasks.build_info(data_dir)['vocab']
+    if self.TOKENIZER:  # a pre-trained LM: token ids must mean what they meant in pre-training
+      rebuild = (f'python -m mode_pax.data.build --tokenizer={self.TOKENIZER} (or the PLM\'s '
+                 f'SentencePiece model: --spm_model=FILE) --data_dir={data_dir}')
+      if 'given' not in vocab or vocab['size'] != self.VOCAB_SIZE:
+        raise ValueError(
+            f'{type(self).__name__} reads {data_dir}, built with '
+            f"{vocab.get('given') or 'a vocabulary the build trained'} ({vocab['size']} "
+            f'tokens), but its backbone needs its own tokenizer {self.TOKENIZER!r} '
+            f'({self.VOCAB_SIZE} tokens); build it: {rebuild}')
+      return
+    if vocab['size'] > self.VOCAB_SIZE:
       raise ValueError(
           f'{type(self).__name__}.VOCAB_SIZE={self.VOCAB_SIZE} is smaller than the built '
-          f'vocabulary ({data_vocab} pieces in {data_tasks.resolve_data_dir()}); rebuild the '
-          f'data with --vocab_size={self.VOCAB_SIZE} or raise VOCAB_SIZE.')
+          f"vocabulary ({vocab['size']} pieces in {data_dir}); rebuild the data with "
+          f'--vocab_size={self.VOCAB_SIZE} or raise VOCAB_SIZE.')
 
   def _job_log_dir(self) -> str | None:
     """paxml.main's --job_log_dir, when this process is paxml.main."""

@@ -48,20 +48,27 @@ class Lora(experiment.LmExperiment):
 class MoDE(experiment.LmExperiment):
   """MoDE blocks (Eq. 1-2): frozen backbone, trainable experts and gates."""
   METHOD_NAME = 'MoDE'
-  NUM_BLOCKS = 3
   NUM_DOMAIN_EXPERTS = 1
   EXPERT_LAYERS = 2  # per block: 3 blocks x 2 layers = 6 layers per expert
   FREEZE_EXPERTS = False  # composition with frozen experts: only the gates train
+  # None: gates start as the paper leaves them (praxis' random Linear). p in (0, 1): our option,
+  # each gate starts at weight p on the backbone for every token (MoDEGate).
+  GATE_INITIAL_BACKBONE_WEIGHT: float | None = None
 
   def adapt_lm(self, lm_tpl):
-    return mode.to_mode_lm(lm_tpl, num_blocks=self.NUM_BLOCKS,
-                           num_domain_experts=self.NUM_DOMAIN_EXPERTS,
-                           expert_layers=self.EXPERT_LAYERS)
+    mode_lm = mode.to_mode_lm(lm_tpl, num_blocks=self.NUM_BLOCKS,
+                              num_domain_experts=self.NUM_DOMAIN_EXPERTS,
+                              expert_layers=self.EXPERT_LAYERS)
+    mode_lm.stacked_transformer_tpl.gate_tpl.initial_backbone_weight = (
+        self.GATE_INITIAL_BACKBONE_WEIGHT)
+    return mode_lm
 
   def trainable_variables(self) -> Sequence[str]:
     return naming.TRAIN_GATES if self.FREEZE_EXPERTS else naming.TRAIN_EXPERTS_AND_GATES
 
   def backbone_load_rules(self):
+    if self.SCAN_LAYERS:  # the backbone run is stored in the same blocks
+      return list(naming.BLOCKED_BACKBONE_RULES), ()
     return naming.backbone_from_transformer_lm(self.NUM_LAYERS, self.NUM_BLOCKS), ()
 
   def expert_load_rules(self, index: int):

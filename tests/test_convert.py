@@ -440,6 +440,17 @@ def _flax_llama_rope_with_base(base):
   return create_sinusoidal_positions
 
 
+def hf_llama_config(arch, max_position_embeddings=256):
+  """HF's LlamaConfig of a (tied) Llama-family Architecture."""
+  return transformers.LlamaConfig(
+      vocab_size=arch.vocab_size, hidden_size=arch.model_dims, intermediate_size=arch.hidden_dims,
+      num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads,
+      num_key_value_heads=arch.num_kv_heads, rms_norm_eps=arch.norm_eps,
+      rope_theta=arch.rope_base, tie_word_embeddings=True,
+      # HF Flax's sin/cos table is cut to max_position_embeddings columns: >= 2 * head_dim.
+      max_position_embeddings=max_position_embeddings)
+
+
 def test_smollm2_gguf_logits_equal_hf_flax_on_the_same_file(monkeypatch):
   path = plms.cached_smollm2_gguf()
   if path is None:
@@ -450,13 +461,7 @@ def test_smollm2_gguf_logits_equal_hf_flax_on_the_same_file(monkeypatch):
       modeling_flax_llama.create_sinusoidal_positions(16, 8))
   arch, hf = convert.read_gguf(path)
   assert arch == backbones.SmolLM2_135M().architecture()
-  config = transformers.LlamaConfig(
-      vocab_size=arch.vocab_size, hidden_size=arch.model_dims, intermediate_size=arch.hidden_dims,
-      num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads,
-      num_key_value_heads=arch.num_kv_heads, rms_norm_eps=arch.norm_eps,
-      rope_theta=arch.rope_base, tie_word_embeddings=True,
-      # HF Flax's sin/cos table is cut to max_position_embeddings columns: >= 2 * head_dim.
-      max_position_embeddings=256)
+  config = hf_llama_config(arch)
   monkeypatch.setattr(modeling_flax_llama, 'create_sinusoidal_positions',
                       _flax_llama_rope_with_base(arch.rope_base))
   model, params = _hf_flax_from_gguf(path, config)
@@ -473,3 +478,49 @@ def test_smollm2_gguf_logits_equal_hf_flax_on_the_same_file(monkeypatch):
   # The converted weights are a working LM: it knows both capitals.
   predicted = [vocab[i] for i in ours.argmax(-1)[0]]
   assert predicted[4] == 'ĠParis' and predicted[11] == 'ĠBerlin', predicted
+
+
+class _GoodHfScanned(backbones.LlamaFamily, methods.Pretrain):
+  """The architecture of `_good_hf` in 1 block of scanned layers (what `--exp` targets)."""
+  NUM_LAYERS = 1
+  MODEL_DIMS = 32
+  HIDDEN_DIMS = 64
+  NUM_HEADS = 4
+  NUM_KV_HEADS = 2
+  DIMS_PER_HEAD = 8
+  VOCAB_SIZE = 64
+  ROPE_BASE = 10000.0
+  TIE_EMBEDDINGS = True
+  FPROP_DTYPE = jnp.float32
+  ICI_MESH_SHAPE = [1, 1, 1]
+  SCAN_LAYERS = True
+  NUM_BLOCKS = 1
+
+
+def test_convert_for_an_experiment_writes_its_scanned_layout(tmp_path):
+  config, tensors = _good_hf()
+  _write_hf(str(tmp_path / 'hf'), config, tensors)
+  out = str(tmp_path / 'out')
+  convert.convert(hf=str(tmp_path / 'hf'), out=out, experiment=_GoodHfScanned())
+  saved = checkpoints.read_variables(out)
+  q = saved['params/lm/transformer/blocks_0/backbone/repeat/sub/x_layers_0/self_attention/query/w']
+  np.testing.assert_array_equal(
+      q[0], tensors['model.layers.0.self_attn.q_proj.weight'].T.reshape(32, 4, 8))
+  assert not any('/x_layers_0/' in k and '/repeat/' not in k for k in saved)
+
+
+@pytest.mark.parametrize('field,value', [('MODEL_DIMS', 64), ('NUM_KV_HEADS', 4),
+                                         ('ROPE_BASE', 500000.0), ('TIE_EMBEDDINGS', False)])
+def test_convert_for_a_mismatched_experiment_names_the_field_and_writes_nothing(
+    tmp_path, field, value):
+  config, tensors = _good_hf()
+  _write_hf(str(tmp_path / 'hf'), config, tensors)
+  out = tmp_path / 'out'
+  mismatched = type('Mismatched', (_GoodHfScanned,), {field: value})
+  arch_field = {'MODEL_DIMS': 'model_dims', 'NUM_KV_HEADS': 'num_kv_heads',
+                'ROPE_BASE': 'rope_base', 'TIE_EMBEDDINGS': 'tie_embeddings'}[field]
+  with pytest.raises(convert.ConversionError,
+                     match=rf'does not match Mismatched: {arch_field}: checkpoint .*experiment '
+                     rf'{re.escape(repr(value))}'):
+    convert.convert(hf=str(tmp_path / 'hf'), out=str(out), experiment=mismatched())
+  assert not out.exists()

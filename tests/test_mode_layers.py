@@ -1,5 +1,7 @@
 """Tests of the MoDE layers: Eq. 1 and 2, equivalences with praxis's TransformerLm, sharding."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -116,7 +118,6 @@ def test_variable_names_give_one_regex_per_role():
   variables, _ = _lm_outputs(_mode_lm_tpl(2, 2, expert_layers=1))
   paths = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in
            jax.tree_util.tree_flatten_with_path(variables)[0]]
-  import re
   roles = {
       'backbone': naming.BACKBONE_LAYERS, 'outside': naming.BACKBONE_OUTSIDE_LAYERS,
       'expert0': naming.experts(0), 'expert1': naming.experts(1), 'gate': naming.GATES}
@@ -155,3 +156,99 @@ def test_mode_lm_runs_sharded_under_jit_on_four_devices():
   assert any('backbone' in str(p) for p in split) and any('experts_1' in str(p) for p in split)
   expected = lm_fixtures.apply(unsharded_lm, variables, ids, paddings, labels=labels).logits
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def _flat(tree):
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _unflat(flat):
+  out = {}
+  for path, v in flat.items():
+    node = out
+    *parents, leaf = path.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return out
+
+
+@pytest.mark.parametrize('num_blocks', [1, 2])
+def test_scanned_blocked_backbone_equals_transformer_lm(num_blocks):
+  """A blocked backbone with scanned layers is the plain praxis TransformerLm: the same logits
+  and loss gradients, with the plain model's layer l stacked at index l % (L/B) of block
+  l // (L/B) (the layout `convert.to_layout` writes)."""
+  from mode_pax import convert  # pylint: disable=g-import-not-at-top
+  plain_tpl = lm_fixtures.tiny_lm_tpl()
+  plain_vars, plain_out = _lm_outputs(plain_tpl)
+  blocked_tpl = mode.blocked_backbone(plain_tpl, num_blocks=num_blocks)
+  flat = {'params/lm/' + k.removeprefix('params/'): v
+          for k, v in _flat(plain_vars['params']).items()}
+  blocked_flat = convert.to_layout(dict(flat), blocked_tpl)
+  # Scanned: one stacked variable per block and layer variable, with L/B layers.
+  stacked = [k for k in blocked_flat if '/repeat/sub/x_layers_0/' in k]
+  assert stacked and all(blocked_flat[k].shape[0] == 4 // num_blocks for k in stacked)
+  assert not any(re.search(r'x_layers_[1-9]', k) for k in blocked_flat)
+  blocked_vars = {'params': _unflat({k.removeprefix('params/lm/'): v
+                                     for k, v in blocked_flat.items()})}
+  _, blocked_out = _lm_outputs(blocked_tpl, blocked_vars)
+  np.testing.assert_allclose(blocked_out.logits, plain_out.logits, rtol=1e-5, atol=1e-5)
+
+  ids, paddings, labels = lm_fixtures.lm_inputs()
+
+  def loss(tpl):
+    lm = instantiate(tpl.clone().set(name='lm'))
+    return lambda p: lm_fixtures.apply(lm, {'params': p}, ids, paddings,
+                                       labels=labels).total_xent
+  plain_grads = _flat(jax.grad(loss(plain_tpl))(plain_vars['params']))
+  blocked_grads = _flat(jax.grad(loss(blocked_tpl))(blocked_vars['params']))
+  per = 4 // num_blocks
+  for path, g in blocked_grads.items():
+    m = re.fullmatch(r'transformer/blocks_(\d+)/backbone/repeat/sub/x_layers_0/(.*)', path)
+    if not m:
+      np.testing.assert_allclose(g, plain_grads[path], rtol=1e-4, atol=1e-6, err_msg=path)
+      continue
+    for k in range(per):
+      np.testing.assert_allclose(
+          g[k], plain_grads[f'transformer/x_layers_{int(m[1]) * per + k}/{m[2]}'],
+          rtol=1e-4, atol=1e-6, err_msg=f'{path}[{k}]')
+
+
+def test_mode_lm_on_a_blocked_backbone_keeps_its_blocks_and_scan():
+  blocked = mode.blocked_backbone(lm_fixtures.tiny_lm_tpl(), num_blocks=2)
+  mode_lm = mode.to_mode_lm(blocked, num_blocks=2, num_domain_experts=2, expert_layers=1)
+  variables, _ = _lm_outputs(mode_lm)
+  paths = set(_flat(variables['params']))
+  assert any(p.startswith('transformer/blocks_1/experts_1/repeat/sub/x_layers_0/') for p in paths)
+  assert any(p.startswith('transformer/blocks_1/gate/') for p in paths)
+  # The blocked backbone's variables are exactly the MoDE LM's backbone and outside variables,
+  # which the MoDE runs load by name (naming.BLOCKED_BACKBONE_RULES).
+  backbone_vars, _ = _lm_outputs(blocked)
+  backbone_paths = set(_flat(backbone_vars['params']))
+  assert backbone_paths == {p for p in paths if '/experts_' not in p and '/gate/' not in p}
+  for path in backbone_paths:
+    full = 'params/lm/' + path
+    matches = [rule for rule, _ in naming.BLOCKED_BACKBONE_RULES if re.match(rule, full)]
+    assert len(matches) == 1, full
+  with pytest.raises(ValueError, match=r'stored in 2 blocks.*NUM_BLOCKS=2'):
+    mode.to_mode_lm(blocked, num_blocks=4, num_domain_experts=1, expert_layers=1)
+
+
+@pytest.mark.parametrize('num_outputs,p', [(2, 0.9), (3, 0.95)])
+def test_gate_can_start_at_a_given_backbone_weight_and_still_learn(num_outputs, p):
+  gate = instantiate(pax_fiddle.Config(mode.MoDEGate, name='g', input_dims=16,
+                                       num_outputs=num_outputs, initial_backbone_weight=p))
+  x = 10.0 * jax.random.normal(jax.random.PRNGKey(0), (3, 7, 16))
+  variables = lm_fixtures.init_vars(gate, x)
+  w = np.asarray(lm_fixtures.apply(gate, variables, x))
+  # Every token: p on the backbone, the rest shared equally by the experts (softmax of
+  # [log(p N / (1 - p)), 0, ..., 0]).
+  expected = np.array([p] + [(1 - p) / (num_outputs - 1)] * (num_outputs - 1))
+  np.testing.assert_allclose(w, np.broadcast_to(expected, w.shape), rtol=1e-6, atol=1e-7)
+  # The gate still learns: its weights get a gradient at the start.
+  grads = jax.grad(lambda v: jnp.sum(lm_fixtures.apply(gate, v, x)[..., 1]))(variables)
+  assert np.abs(np.asarray(grads['params']['logits']['linear']['w'])).max() > 1e-3
+  with pytest.raises(ValueError, match=r'initial_backbone_weight=1.0 must be in \(0, 1\)'):
+    instantiate(pax_fiddle.Config(mode.MoDEGate, name='g', input_dims=16, num_outputs=2,
+                                  initial_backbone_weight=1.0)).init(jax.random.PRNGKey(0), x)

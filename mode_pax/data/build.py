@@ -3,14 +3,17 @@ r"""Builds the MoDE datasets: `python -m mode_pax.data.build [--data_dir=DIR]` (
 Steps: fetch the pinned sources (sha256-checked) -> normalize text -> split deterministically
 (English: held-out works; Code: by package folder; Math: by template; general English: by
 address) -> drop exact duplicate documents -> train one SentencePiece vocabulary on the
-training splits -> cut documents into examples of at most `example_length - 1` tokens (room
-for EOS) at line boundaries -> drop exact duplicate examples (a copy in an evaluation split
-of anything earlier, e.g. in train, is removed) -> write each dataset as a config of the TFDS
-dataset `mode_corpus` (mode_pax/data/mode_corpus.py), then `DATA_CARD.md` and `build_info.json`.
+training splits (or take a given one: `--spm_model`, or a pre-trained LM's byte-level BPE
+tokenizer: `--tokenizer`, mode_pax/data/vocabularies.py) -> cut documents into examples of at
+most `example_length - 1` tokens (room for EOS) at line boundaries -> drop exact duplicate
+examples (a copy in an evaluation split of anything earlier, e.g. in train, is removed) ->
+write each dataset as a config of the TFDS dataset `mode_corpus` (mode_pax/data/mode_corpus.py),
+then `DATA_CARD.md` and `build_info.json`.
 
 Layout of data_dir (a TFDS data_dir: `tfds.load('mode_corpus/code', data_dir=data_dir)`):
   mode_corpus/<dataset>/<version>/  TFDS files of english, sotu, code, math
-  vocab/spm.model                   the SentencePiece vocabulary
+  vocab/spm.model                   the SentencePiece vocabulary, or
+  vocab/tokenizer.json              the --tokenizer's (Hugging Face `tokenizers` format)
   downloads/                        the fetched sources
   DATA_CARD.md                      what the build holds (`--card_out` writes a copy elsewhere)
   build_info.json                   written last: the whole build is complete
@@ -44,11 +47,13 @@ from absl import flags
 from absl import logging
 import sentencepiece as spm
 import tensorflow as tf
+import tokenizers
 
 from mode_pax import paths
 from mode_pax.data import errors
 from mode_pax.data import mode_corpus
 from mode_pax.data import sources as sources_lib
+from mode_pax.data import vocabularies
 
 # 3: every part's marker records its files (size, sha256); 2: datasets are TFDS configs of
 # mode_corpus; 1: plain TFRecords.
@@ -62,8 +67,15 @@ DOMAIN_TO_DATASET = {'english': 'english', 'english_general': 'sotu', 'code': 'c
 INFO_FILE = 'build_info.json'
 MARKER = '_COMPLETE.json'  # in every part's folder, written last
 CARD_FILE = 'DATA_CARD.md'
+# build_info's vocab kind -> its file in vocab/ (builds before 'kind' was recorded: sentencepiece).
+VOCAB_FILES = {'sentencepiece': 'spm.model', 'bpe': vocabularies.TOKENIZER_FILE}
 DEFAULT_CODE_SIZES = (100, 300, 1000, 3000, 10000)
 DEFAULT_MIXTURE_SIZES = (100, 300, 1000, 3000, 10000)
+
+
+def absolute_data_dir(data_dir: str) -> str:
+  """data_dir made absolute when it is local (gs:// and other URLs as they are)."""
+  return data_dir if '://' in data_dir else os.path.abspath(data_dir)
 
 
 def default_data_dir() -> str:
@@ -86,26 +98,33 @@ class BuildConfig:
   # An existing SentencePiece model (e.g. the paper-scale backbone's own) used instead of
   # training one; vocab_size and the spm_* settings are then unused.
   spm_model: str | None = None
+  # A pre-trained LM's own byte-level BPE tokenizer (vocabularies.load_tokenizer: a .gguf, a
+  # Hugging Face tokenizer folder or tokenizer.json, or 'smollm2') used instead of training a
+  # SentencePiece one; excludes spm_model, and vocab_size and the spm_* settings are unused.
+  tokenizer: str | None = None
   pip_index_url: str | None = None  # not part of the fingerprint
   # A copy of the data card outside data_dir (data/DATA_CARD.md documents the default build);
   # the build always writes <data_dir>/DATA_CARD.md. Not part of the fingerprint.
   card_out: str | None = None
 
-  def fingerprint(self, manifest_sha256: str, given_vocab: bytes | None = None) -> str:
-    """given_vocab: the bytes of `spm_model` (read once, by load_vocabulary)."""
+  def fingerprint(self, manifest_sha256: str, given_vocab: bytes | None = None,
+                  tokenizer_sha256: str | None = None) -> str:
+    """given_vocab: the bytes of `spm_model` (read once, by load_vocabulary); tokenizer_sha256:
+    that of the serialized `tokenizer` (load_tokenizer), so another tokenizer rebuilds."""
     keys = dict(version=BUILD_FORMAT_VERSION, manifest=manifest_sha256,
                 vocab_size=self.vocab_size, example_length=self.example_length,
                 seed=self.seed, code_sizes=list(self.code_sizes),
                 mixture_sizes=list(self.mixture_sizes), spm_sample_bytes=self.spm_sample_bytes,
                 spm_hard_vocab_limit=self.spm_hard_vocab_limit, code=_code_digest(),
-                spm_model=hashlib.sha256(given_vocab).hexdigest() if given_vocab else None)
+                spm_model=hashlib.sha256(given_vocab).hexdigest() if given_vocab else None,
+                tokenizer=tokenizer_sha256)
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _code_digest() -> str:
   """Digest of the build code, so a changed build never reuses stale parts."""
   digest = hashlib.sha256()
-  for module in (__file__, sources_lib.__file__, mode_corpus.__file__):
+  for module in (__file__, sources_lib.__file__, mode_corpus.__file__, vocabularies.__file__):
     with open(module, 'rb') as f:
       digest.update(f.read())
   return digest.hexdigest()
@@ -356,6 +375,20 @@ def load_vocabulary(path: str) -> bytes:
   return model_proto
 
 
+def load_tokenizer(spec: str) -> tuple[tokenizers.Tokenizer, dict[str, int | None]]:
+  """The given --tokenizer (vocabularies.load_tokenizer), checked; errors are DataErrors.
+
+  seqio pads with id 0 whatever token that is; Pax masks padding out of the loss and metrics.
+  """
+  try:
+    return vocabularies.load_tokenizer(spec)
+  except ValueError as e:
+    raise errors.DataError(
+        spec, f'The --tokenizer cannot be used: {e}',
+        "pass --tokenizer a byte-level BPE tokenizer (a .gguf file, a Hugging Face tokenizer "
+        "folder or tokenizer.json, or 'smollm2'), or leave it unset") from e
+
+
 def train_vocabulary(sentences: list[str], vocab_size: int, hard_limit: bool) -> bytes:
   """A whitespace-preserving SentencePiece model (ids: pad=0, eos=1, unk=2, no bos)."""
   model = io.BytesIO()
@@ -375,25 +408,37 @@ def train_vocabulary(sentences: list[str], vocab_size: int, hard_limit: bool) ->
 
 
 class Chunker:
-  """Cuts documents into examples of at most `budget` tokens, preferring line breaks."""
+  """Cuts documents into examples of at most `budget` tokens, preferring line breaks.
 
-  def __init__(self, model_proto: bytes, budget: int):
-    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+  Args:
+    vocab: a SentencePiece model's bytes, or a `tokenizers.Tokenizer` (--tokenizer; encoded
+      without special tokens, as BpeVocabulary does).
+    budget: tokens per example.
+  """
+
+  def __init__(self, vocab: bytes | tokenizers.Tokenizer, budget: int):
+    if isinstance(vocab, bytes):
+      sp = spm.SentencePieceProcessor(model_proto=vocab)
+      self._encode_batch, self._decode = sp.encode, sp.decode
+    else:
+      self._encode_batch = lambda texts: [
+          e.ids for e in vocab.encode_batch(texts, add_special_tokens=False)]
+      self._decode = lambda ids: vocab.decode(ids, skip_special_tokens=False)
     self.budget = budget
 
   def count(self, texts: list[str]) -> list[int]:
-    return [len(ids) for ids in self.sp.encode(texts)] if texts else []
+    return [len(ids) for ids in self._encode_batch(texts)] if texts else []
 
   def _split_long(self, text: str) -> list[str]:
     """Splits one over-long line, at spaces where possible."""
     pieces = []
     while text:
       window = text[:self.budget * 16]
-      ids = self.sp.encode(window)
+      ids = self._encode_batch([window])[0]
       if len(ids) <= self.budget:
         cut = len(window)
       else:
-        prefix = self.sp.decode(ids[:self.budget])
+        prefix = self._decode(ids[:self.budget])
         cut = len(os.path.commonprefix([prefix, window]))
         space = text.rfind(' ', 0, cut)
         if space > cut // 2:
@@ -471,9 +516,20 @@ def build(config: BuildConfig) -> dict[str, Any]:
   """Runs the build; returns build_info (also written to <data_dir>/build_info.json)."""
   start = time.time()
   # A given tokenizer is checked before anything is fetched or written.
+  if config.spm_model and config.tokenizer:
+    raise errors.DataError(
+        '--tokenizer/--spm_model', f'Both are given (--tokenizer={config.tokenizer}, '
+        f'--spm_model={config.spm_model}); the build tokenizes with one tokenizer.',
+        'pass only one of them: --tokenizer for a byte-level BPE tokenizer, --spm_model for a '
+        'SentencePiece model')
   given_vocab = load_vocabulary(config.spm_model) if config.spm_model else None
+  bpe, bpe_json, bpe_ids = None, None, {}
+  if config.tokenizer:
+    bpe, bpe_ids = load_tokenizer(config.tokenizer)
+    bpe_json = vocabularies.serialize(bpe)
   manifest = sources_lib.load_manifest(config.manifest)
-  fingerprint = config.fingerprint(manifest.sha256, given_vocab)
+  fingerprint = config.fingerprint(
+      manifest.sha256, given_vocab, hashlib.sha256(bpe_json).hexdigest() if bpe else None)
   if config.card_out and not tf.io.gfile.isdir(os.path.dirname(config.card_out) or '.'):
     raise errors.DataError(config.card_out, 'The folder of --card_out does not exist.',
                            'create it, or pass another --card_out')
@@ -533,15 +589,18 @@ def build(config: BuildConfig) -> dict[str, Any]:
       by_split[split] = kept
     splits[dataset] = by_split
 
-  # 3. Vocabulary.
+  # 3. Vocabulary: vocab/spm.model, or vocab/tokenizer.json for a --tokenizer.
   skipped = []
   vocab_dir = part_dir(data_dir, 'vocab')
+  vocab_file = VOCAB_FILES['bpe' if bpe else 'sentencepiece']
   if part_is_complete(data_dir, 'vocab', fingerprint):
     skipped.append('vocab')
-    with tf.io.gfile.GFile(_join(vocab_dir, 'spm.model'), 'rb') as f:
+    with tf.io.gfile.GFile(_join(vocab_dir, vocab_file), 'rb') as f:
       model_proto = f.read()
   else:
-    if given_vocab:
+    if bpe:
+      model_proto, made = bpe_json, {'given': config.tokenizer}
+    elif given_vocab:
       model_proto, made = given_vocab, {'given': config.spm_model}
     else:
       sentences = _spm_sentences({d: splits[d]['train'] for d in DATASETS},
@@ -550,19 +609,24 @@ def build(config: BuildConfig) -> dict[str, Any]:
       made = {'sentences': len(sentences)}
     staging = os.path.join(staging_root, f'vocab.{uuid.uuid4().hex[:8]}')
     os.makedirs(staging)
-    _write_bytes(os.path.join(staging, 'spm.model'), model_proto)
+    _write_bytes(os.path.join(staging, vocab_file), model_proto)
     _write_json(os.path.join(staging, MARKER),
                 {'fingerprint': fingerprint, 'files': _record_files(staging), **made})
     _publish(staging, vocab_dir, MARKER)
-  sp = spm.SentencePieceProcessor(model_proto=model_proto)
-  vocab_size = sp.get_piece_size()
-  vocab_info = {'file': 'vocab/spm.model', 'size': vocab_size, 'pad_id': 0,
-                'eos_id': sp.eos_id(), 'unk_id': sp.unk_id(), 'bos_id': sp.bos_id(),
-                'sha256': hashlib.sha256(model_proto).hexdigest(),
-                **({'given': config.spm_model} if config.spm_model else {})}
+  if bpe:
+    vocab_info = {'kind': 'bpe', 'size': bpe.get_vocab_size(with_added_tokens=True), 'pad_id': 0,
+                  **{k: bpe_ids[k] for k in ('eos_id', 'unk_id', 'bos_id')}}
+  else:
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    vocab_info = {'kind': 'sentencepiece', 'size': sp.get_piece_size(), 'pad_id': 0,
+                  'eos_id': sp.eos_id(), 'unk_id': sp.unk_id(), 'bos_id': sp.bos_id()}
+  vocab_info.update({'file': f'vocab/{vocab_file}',
+                     'sha256': hashlib.sha256(model_proto).hexdigest()})
+  if config.tokenizer or config.spm_model:
+    vocab_info['given'] = config.tokenizer or config.spm_model
 
   # 4. Examples, deduplicated across all datasets and splits (train first).
-  chunker = Chunker(model_proto, config.example_length - 1)
+  chunker = Chunker(bpe or model_proto, config.example_length - 1)
   examples: dict[str, dict[str, list[Example]]] = {}
   seen_examples: set[str] = set()
   for split in SPLITS:
@@ -639,7 +703,18 @@ def build(config: BuildConfig) -> dict[str, Any]:
 # Data card.
 
 
+def vocab_kind(vocab: dict[str, Any]) -> str:
+  """build_info's vocab kind: 'bpe' or 'sentencepiece' (older builds record none)."""
+  return vocab.get('kind', 'sentencepiece')
+
+
 def _vocab_card(vocab: dict[str, Any]) -> str:
+  if vocab_kind(vocab) == 'bpe':
+    ids = ', '.join(f"{k}={vocab[f'{k}_id']}" for k in ('eos', 'unk', 'bos')
+                    if vocab.get(f'{k}_id') is not None)
+    return (f"Vocabulary: the given byte-level BPE tokenizer `{vocab['given']}` (stored as "
+            f"`{vocab['file']}`), {vocab['size']} tokens ({ids}; no BOS added; seqio pads with "
+            'id 0, which Pax masks).')
   if 'given' in vocab:
     return (f"Vocabulary: the given SentencePiece model `{vocab['given']}`, {vocab['size']} "
             f"pieces (eos={vocab['eos_id']}, unk={vocab['unk_id']}).")
@@ -727,7 +802,7 @@ def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flag_values: where to define them (a test parses a command line of its own).
   """
   global _DATA_DIR, _MANIFEST, _VOCAB_SIZE, _EXAMPLE_LENGTH, _SEED, _CODE_SIZES
-  global _MIXTURE_SIZES, _PIP_INDEX_URL, _CARD_OUT, _SPM_MODEL
+  global _MIXTURE_SIZES, _PIP_INDEX_URL, _CARD_OUT, _SPM_MODEL, _TOKENIZER
   fv = dict(flag_values=flag_values)
   _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Output folder (local or gs://); default '
                                   '$MODE_PAX_DATA_DIR or <repo>/data/build.', **fv)
@@ -737,6 +812,11 @@ def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   _SPM_MODEL = flags.DEFINE_string(
       'spm_model', None, "Use this SentencePiece model (e.g. the paper-scale backbone's own "
       'tokenizer) instead of training one; --vocab_size is then unused.', **fv)
+  _TOKENIZER = flags.DEFINE_string(
+      'tokenizer', None, "Tokenize with this pre-trained LM's byte-level BPE tokenizer instead "
+      "of training a SentencePiece one: a .gguf, a Hugging Face tokenizer folder or "
+      "tokenizer.json, or 'smollm2' (SmolLM2-135M's, from the pinned package); stored as "
+      'vocab/tokenizer.json. Not with --spm_model; --vocab_size is then unused.', **fv)
   _EXAMPLE_LENGTH = flags.DEFINE_integer('example_length', 256,
                                          'Max example length in tokens, EOS included.', **fv)
   _SEED = flags.DEFINE_integer('seed', 0, 'Split/shuffle seed.', **fv)
@@ -755,12 +835,14 @@ def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(argv: Sequence[str]) -> None:
   del argv
   config = BuildConfig(
-      data_dir=_DATA_DIR.value or default_data_dir(), manifest=os.path.abspath(_MANIFEST.value),
+      # Absolute: the fetch step runs pip in other folders (a relative --data_dir broke it).
+      data_dir=absolute_data_dir(_DATA_DIR.value or default_data_dir()),
+      manifest=os.path.abspath(_MANIFEST.value),
       vocab_size=_VOCAB_SIZE.value, example_length=_EXAMPLE_LENGTH.value, seed=_SEED.value,
       code_sizes=tuple(int(n) for n in _CODE_SIZES.value),
       mixture_sizes=tuple(int(n) for n in _MIXTURE_SIZES.value),
       pip_index_url=_PIP_INDEX_URL.value, card_out=_CARD_OUT.value or None,
-      spm_model=_SPM_MODEL.value)
+      spm_model=_SPM_MODEL.value, tokenizer=_TOKENIZER.value)
   try:
     info = build(config)
   except errors.DataError as e:

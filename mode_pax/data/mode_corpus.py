@@ -19,10 +19,13 @@ fingerprint and per-split statistics are in each config's `metadata.json`; the b
 `_COMPLETE.json` beside it records the size and sha256 of every file of the config.
 """
 
+import contextlib
+import io
 import os
 import posixpath
 from typing import Any, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -127,9 +130,17 @@ def prepare(config: str, examples: Mapping[str, Sequence[Any]], metadata: Mappin
             data_dir: str) -> str:
   """Writes one config into the TFDS data_dir `data_dir` (local); returns its dataset dir."""
   builder = ModeCorpus(config=config, data_dir=data_dir, examples=examples, metadata=metadata)
-  builder.download_and_prepare(
-      download_dir=_join(data_dir, 'downloads'),
-      download_config=tfds.download.DownloadConfig(
-          # Nothing to look up on TFDS's GCS mirror or to recompute: the build has the stats.
-          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  # TFDS prints its "Downloading and preparing" lines on stdout and progress bars on stderr;
+  # the build logs its own progress, so they go to the log (stdout stays for results). (The
+  # bars are a process-wide TFDS setting: off in a process that prepares.)
+  tfds.display_progress_bar(False)
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    builder.download_and_prepare(
+        download_dir=_join(data_dir, 'downloads'),
+        download_config=tfds.download.DownloadConfig(
+            # Nothing to look up on TFDS's GCS mirror or to recompute: the build has the stats.
+            try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  for line in printed.getvalue().splitlines():
+    logging.info('tfds: %s', line)
   return os.fspath(builder.data_dir)

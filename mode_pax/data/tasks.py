@@ -16,7 +16,9 @@ Math+Code mixtures are seqio Mixtures of two tasks with rates equal to their tra
 so every training example is equally likely, as if the two were one dataset; an evaluation pass
 (one epoch) reads every example of both once.
 
-Every task yields `targets` (int32 token ids, EOS appended). Examples longer than the
+Every task yields `targets` (int32 token ids, EOS appended) under the build's vocabulary: its
+SentencePiece model (seqio.SentencePieceVocabulary), or, for a build made with --tokenizer, the
+pre-trained LM's byte-level BPE tokenizer (vocabularies.BpeVocabulary). Examples longer than the
 requested `targets` length are cut into several examples, never silently truncated.
 """
 
@@ -30,6 +32,7 @@ import tensorflow as tf
 from mode_pax.data import build as build_lib
 from mode_pax.data import errors
 from mode_pax.data import mode_corpus
+from mode_pax.data import vocabularies
 
 ENGLISH_PRETRAIN = 'mode_english_pretrain'
 ENGLISH = 'mode_english'
@@ -47,8 +50,7 @@ _registered: dict[str, tuple[str, str]] = {}
 
 def resolve_data_dir(data_dir: str | None = None) -> str:
   """data_dir, else $MODE_PAX_DATA_DIR or data/build; made absolute (no file system access)."""
-  data_dir = data_dir or build_lib.default_data_dir()
-  return data_dir if '://' in data_dir else os.path.abspath(data_dir)
+  return build_lib.absolute_data_dir(data_dir or build_lib.default_data_dir())
 
 
 def _not_built(data_dir: str, what: str) -> errors.DataNotBuiltError:
@@ -112,14 +114,18 @@ def build_info(data_dir: str | None = None) -> dict[str, Any]:
   return info
 
 
-def vocabulary(data_dir: str | None = None) -> seqio.SentencePieceVocabulary:
+def vocabulary(data_dir: str | None = None) -> seqio.Vocabulary:
+  """The build's vocabulary: BpeVocabulary for a --tokenizer build, else SentencePiece."""
   data_dir = resolve_data_dir(data_dir)
-  info = build_info(data_dir)
-  return seqio.SentencePieceVocabulary(_join(data_dir, info['vocab']['file']))
+  vocab = build_info(data_dir)['vocab']
+  path = _join(data_dir, vocab['file'])
+  if build_lib.vocab_kind(vocab) == 'bpe':
+    return vocabularies.BpeVocabulary(path, eos_id=vocab['eos_id'], unk_id=vocab['unk_id'])
+  return seqio.SentencePieceVocabulary(path)
 
 
 def vocab_size(data_dir: str | None = None) -> int:
-  """Number of SentencePiece pieces (the model's vocabulary size)."""
+  """Number of tokens of the build's vocabulary (the model's vocabulary size)."""
   return int(build_info(data_dir)['vocab']['size'])
 
 

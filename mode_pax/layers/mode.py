@@ -12,6 +12,13 @@ Variable naming (under the LM's `transformer` child), stable when N changes:
   blocks_{i}/experts_{j}/x_layers_{l}/...  layer l of expert j in block i
   blocks_{i}/gate/...                      the gate of block i (absent when N = 0)
 
+With `scan_layers` the layers of each backbone sub-stack and of each expert are one praxis
+`StackedTransformerRepeated` (a `nn.scan` over one layer: XLA compiles the layer once, not once
+per layer), and `x_layers_{l}/...` above becomes `repeat/sub/x_layers_0/...` with a leading
+dimension indexing l. A MoDE LM with N = 0 is exactly its backbone: with scanned layers it is how
+the backbone itself is stored (the "blocked" layout: `blocked_backbone`,
+`naming.BLOCKED_BACKBONE_RULES`).
+
 `mode_pax.naming` holds the regexes for each role and the checkpoint rules built on them.
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -28,6 +36,7 @@ from praxis import pax_fiddle
 from praxis import pytypes
 from praxis.layers import activations
 from praxis.layers import linears
+from praxis.layers import repeats
 from praxis.layers import transformer_models
 from praxis.layers import transformers
 
@@ -54,9 +63,15 @@ class MoDEGate(base_layer.BaseLayer):
   Attributes:
     input_dims: Depth of the block input x.
     num_outputs: N + 1: the backbone's weight first, then one per expert.
+    initial_backbone_weight: None (the paper's, which does not say how gates start): the
+      Linear's default random initialisation. A value p in (0, 1): the gate starts at weight p
+      on the backbone for every token and (1 - p) / N on each expert, with zero weights and the
+      backbone's logit offset by log(p N / (1 - p)) (a constant; the trainable bias starts at
+      0), so a new expert starts as a small perturbation of the pre-trained model.
   """
   input_dims: int = 0
   num_outputs: int = 0
+  initial_backbone_weight: float | None = None
 
   class ActivationSharding(base_layer.BaseLayer.ActivationSharding):
     """Activation sharding of the gate.
@@ -70,16 +85,30 @@ class MoDEGate(base_layer.BaseLayer):
     if self.num_outputs < 2:
       raise ValueError(
           f'MoDEGate needs at least 2 outputs (backbone + 1 expert), got {self.num_outputs}.')
-    self.create_child('logits', pax_fiddle.Config(
+    p = self.initial_backbone_weight
+    if p is not None and not 0.0 < p < 1.0:
+      raise ValueError(f'MoDEGate: initial_backbone_weight={p} must be in (0, 1), or None.')
+    logits = pax_fiddle.Config(
         linears.FeedForward,
         input_dims=self.input_dims,
         output_dims=self.num_outputs,
-        activation_tpl=pax_fiddle.Config(activations.Identity)))
+        activation_tpl=pax_fiddle.Config(activations.Identity))
+    if p is not None:
+      logits.weight_init = base_layer.WeightInit.Constant(0.0)
+    self.create_child('logits', logits)
+
+  def backbone_logit_offset(self) -> float:
+    """The constant added to the backbone's logit (0 unless initial_backbone_weight is set)."""
+    p = self.initial_backbone_weight
+    return 0.0 if p is None else math.log(p * (self.num_outputs - 1) / (1.0 - p))
 
   def __call__(self, inputs: JTensor) -> JTensor:
     """Returns [..., num_outputs] weights that sum to 1 over the last axis."""
     # Softmax in float32: bf16 weights would not sum to 1 closely enough to mix residual streams.
-    weights = jax.nn.softmax(self.logits(inputs).astype(jnp.float32), axis=-1)
+    logits = self.logits(inputs).astype(jnp.float32)
+    if self.initial_backbone_weight is not None:
+      logits = logits.at[..., 0].add(self.backbone_logit_offset())
+    weights = jax.nn.softmax(logits, axis=-1)
     return base_layer.maybe_shard(
         weights, self.activation_split_dims_mapping.out, self.mesh_axis_names)
 
@@ -160,17 +189,29 @@ class MoDEStack(transformers.StackedTransformer):
     expert_layers: k, transformer layers of each expert in each block.
     block_tpl: MoDEBlock template.
     gate_tpl: MoDEGate template.
+    scan_layers: Scan the layers of each backbone sub-stack and each expert
+      (StackedTransformerRepeated); variable paths then hold `repeat/sub/x_layers_0`.
+    scan_checkpoint_policy: What the scanned layers keep for the backward pass (praxis
+      AutodiffCheckpointType). SAVE_EVERYTHING recomputes nothing, the fastest where memory
+      allows (CPU); SAVE_NOTHING is praxis' default (rematerialises each layer).
   """
   num_blocks: int = 1
   num_domain_experts: int = 0
   expert_layers: int = 1
   block_tpl: LayerTpl = template_field(MoDEBlock)
   gate_tpl: LayerTpl = template_field(MoDEGate)
+  scan_layers: bool = False
+  scan_checkpoint_policy: repeats.AutodiffCheckpointType = (
+      repeats.AutodiffCheckpointType.SAVE_EVERYTHING)
 
   def _sub_stack(self, num_layers: int) -> LayerTpl:
     fields = {name: copy.deepcopy(getattr(self, name)) for name in _STACK_FIELDS}
-    fields.update(num_layers=num_layers, input_dropout_prob=0.0)
-    return pax_fiddle.Config(transformers.StackedTransformer, **fields)
+    fields.update(num_layers=1 if self.scan_layers else num_layers, input_dropout_prob=0.0)
+    stack = pax_fiddle.Config(transformers.StackedTransformer, **fields)
+    if not self.scan_layers:
+      return stack
+    return pax_fiddle.Config(transformers.StackedTransformerRepeated, block=stack,
+                             x_times=num_layers, checkpoint_policy=self.scan_checkpoint_policy)
 
   def setup(self) -> None:
     if self.num_blocks < 1 or self.num_layers % self.num_blocks:
@@ -222,27 +263,63 @@ class MoDELm(transformer_models.TransformerLm):
 
 
 def to_mode_lm(lm_tpl: LayerTpl, *, num_blocks: int, num_domain_experts: int,
-               expert_layers: int) -> LayerTpl:
+               expert_layers: int, scan_layers: bool | None = None) -> LayerTpl:
   """Turns a TransformerLm config into a MoDELm config with the same backbone.
 
   Args:
     lm_tpl: A `TransformerLm` config whose stacked_transformer_tpl is a StackedTransformer (as
-      paxml's TransformerLmSpmdAdafactor builds it). It is not modified.
-    num_blocks: B; must divide the backbone's number of layers.
+      paxml's TransformerLmSpmdAdafactor builds it), or a blocked backbone (a MoDELm with
+      num_domain_experts=0, see `blocked_backbone`), whose blocks and scanning are kept. It is
+      not modified.
+    num_blocks: B; must divide the backbone's number of layers (a blocked backbone must have B
+      blocks: its checkpoint's layout).
     num_domain_experts: N.
     expert_layers: k, transformer layers per expert per block.
+    scan_layers: MoDEStack.scan_layers; None keeps a blocked backbone's (False for a
+      StackedTransformer).
 
   Returns:
     A MoDELm config; backbone layers keep their shapes, experts copy the backbone layer's shape.
   """
   stack = lm_tpl.stacked_transformer_tpl
-  if pax_fiddle.get_callable(stack) is not transformers.StackedTransformer:
+  stack_cls = pax_fiddle.get_callable(stack)
+  if stack_cls is MoDEStack:
+    if stack.num_domain_experts:
+      raise ValueError(f'to_mode_lm: the LM already has {stack.num_domain_experts} experts per '
+                       'block; start from the backbone.')
+    if stack.num_blocks != num_blocks:
+      raise ValueError(
+          f'to_mode_lm: the backbone is stored in {stack.num_blocks} blocks (its checkpoint\'s '
+          f'layout, scanned layers), so num_blocks={num_blocks} cannot load it; use '
+          f'NUM_BLOCKS={stack.num_blocks} or convert the backbone for {num_blocks} blocks.')
+    if scan_layers is not None and scan_layers != stack.scan_layers:
+      raise ValueError(f'to_mode_lm: scan_layers={scan_layers}, but the blocked backbone has '
+                       f'scan_layers={stack.scan_layers}.')
+  elif stack_cls is not transformers.StackedTransformer:
     raise ValueError(
-        'to_mode_lm needs a plain StackedTransformer (no repeated or pipelined layers), got '
-        f'{pax_fiddle.get_callable(stack).__name__}.')
+        'to_mode_lm needs a plain StackedTransformer (no repeated or pipelined layers) or a '
+        f'blocked backbone, got {stack_cls.__name__}.')
   mode_lm = copy.deepcopy(lm_tpl)
   pax_fiddle.update_callable(mode_lm, MoDELm)
   pax_fiddle.update_callable(mode_lm.stacked_transformer_tpl, MoDEStack)
   mode_lm.stacked_transformer_tpl.set(
       num_blocks=num_blocks, num_domain_experts=num_domain_experts, expert_layers=expert_layers)
+  if scan_layers is not None:
+    mode_lm.stacked_transformer_tpl.scan_layers = scan_layers
   return mode_lm
+
+
+def blocked_backbone(lm_tpl: LayerTpl, *, num_blocks: int, scan_layers: bool = True,
+                     checkpoint_policy: repeats.AutodiffCheckpointType | None = None
+                     ) -> LayerTpl:
+  """The backbone LM cut into `num_blocks` blocks with no experts (computes the same function).
+
+  With scan_layers each block's layers are scanned: the compile time of a deep backbone then
+  does not grow with its depth. Its variables are in the layout MoDE runs load by name
+  (`naming.BLOCKED_BACKBONE_RULES`).
+  """
+  lm = to_mode_lm(lm_tpl, num_blocks=num_blocks, num_domain_experts=0, expert_layers=1,
+                  scan_layers=scan_layers)
+  if checkpoint_policy is not None:
+    lm.stacked_transformer_tpl.scan_checkpoint_policy = checkpoint_policy
+  return lm
