@@ -72,16 +72,23 @@ class StageProgress:
     self.log_path, self.total_steps = log_path, total_steps
     self.start = time.time()
     self._first: tuple[float, int] | None = None
+    self._offset = 0  # how far the log has been read (a status line can be far from its end)
+    self._newest: tuple[int, float] | None = None
 
   def newest_step(self) -> tuple[int, float] | None:
-    """(step, loss) of the newest step Pax logged, from the log's tail."""
+    """(step, loss) of the newest step Pax logged, reading what the log gained since last time."""
     try:
       with open(self.log_path, 'rb') as f:
-        f.seek(max(0, os.path.getsize(self.log_path) - 65536))
-        found = _PAX_STEP_RE.findall(f.read())
+        f.seek(self._offset)
+        text = f.read()
     except OSError:
-      return None
-    return (int(found[-1][0]), float(found[-1][1])) if found else None
+      return self._newest
+    end = text.rfind(b'\n') + 1  # a line still being written is read next time
+    found = _PAX_STEP_RE.findall(text[:end])
+    self._offset += end
+    if found:
+      self._newest = (int(found[-1][0]), float(found[-1][1]))
+    return self._newest
 
   def line(self, now: float | None = None) -> str:
     now = time.time() if now is None else now

@@ -211,3 +211,13 @@ def test_progress_line_reads_step_loss_and_time_left_from_the_pax_log(tmp_path):
     f.write('I1124 summary_utils.py:901] [PAX STATUS] step_i: 30, training loss: 6.5\n')
   # 20 steps in 40 s since the first step seen: 120 steps left take 240 s.
   assert progress.line(now=140.0) == 'step 30/150, loss 6.500, ~4.0 min left'
+  # A status line followed by more than 64 KB of other lines (a large model's checkpoint and
+  # summary lines), and a status line still being written, are read right.
+  with open(log, 'a') as f:
+    f.write('I1124 summary_utils.py:901] [PAX STATUS] step_i: 40, training loss: 6.25\n')
+    f.write('I1124 checkpoint_manager.py:1004] Finished synchronous save.\n' * 5000)
+    f.write('I1124 summary_utils.py:901] [PAX STATUS] step_i: 50, training loss: 6.')
+  assert progress.line(now=160.0).startswith('step 40/150, loss 6.250')
+  with open(log, 'a') as f:
+    f.write('0\n')
+  assert progress.line(now=180.0).startswith('step 50/150, loss 6.000')
