@@ -105,7 +105,7 @@ def test_a_build_in_another_tokenizer_is_refused_naming_the_build_command(
   (tmp_path / 'tiny').symlink_to(os.environ['MODE_PAX_DATA_DIR'])
   monkeypatch.setenv('MODE_PAX_DATA_DIR', str(tmp_path))
   experiment = type('TinyTokenizerExpert', (registry.lookup(f'{MODULE}.CodeExpert'),),
-                    {'TOKENIZER': 'tiny'})()
+                    {'TOKENIZER': 'tiny', '__module__': MODULE})()
   assert experiment.data_dir() == str(tmp_path / 'tiny')
   with pytest.raises(ValueError, match=r"built with a vocabulary the build trained \(\d+ tokens\)"
                      r".*its own tokenizer 'tiny' \(640 tokens\).*--tokenizer=tiny"):
