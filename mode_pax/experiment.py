@@ -86,9 +86,18 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   TOKENIZER: str | None = None
   TRAIN_DATA = data_tasks.CODE
   TRAIN_DATA_SEED = 1234  # fixed shuffle order: a rerun reproduces a run (None: new each run)
+  RANDOM_SEED = 1234  # initialisation and dropout (Pax's task.train.random_seed)
+  # Run-to-run variation: a run with SEED = s offsets both seeds above by s (another data order
+  # and initialisation, the same everything else).
+  SEED = 0
   EVAL_DATA = (data_tasks.MATH, data_tasks.CODE, data_tasks.ENGLISH)
   EVAL_BATCH_SIZE = 32
-  EVAL_NUM_BATCHES = -1  # -1: the whole split, exactly once; N: its first N batches
+  EVAL_NUM_BATCHES = -1  # Pax's eval (--mode=eval): -1, the whole split once; N: N batches
+  # The tables' evaluation (`mode_pax.evaluate --split`, per example): the examples of each
+  # split, all of them (1.0) or a fixed pseudo-random sample (EVAL_SAMPLE_SEED) holding at least
+  # this fraction of its tokens, so every work, package folder and template counts.
+  EVAL_TOKEN_FRACTION = 1.0
+  EVAL_SAMPLE_SEED = 0
 
   # Upstream stages (experiment classes, or names resolved by `resolve_stage`) whose checkpoints
   # this run warm-starts from.
@@ -148,7 +157,9 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
     train = inputs.seqio_input_params(
         self.TRAIN_DATA, 'train', batch_size=self.TRAIN_BATCH_SIZE,
         seq_len=self.SEQUENCE_LENGTH, is_training=True, name='train',
-        input_random_seed=self.TRAIN_DATA_SEED, data_dir=self.data_dir())
+        input_random_seed=(None if self.TRAIN_DATA_SEED is None
+                           else self.TRAIN_DATA_SEED + self.SEED),
+        data_dir=self.data_dir())
     # Input checkpointing (see task()) saves the iterator explicitly, shuffle buffer included:
     # paxml's symbolic mode needs tf.data index shuffling, which calls tfds.Readahead, absent
     # from the pinned tensorflow-datasets.
@@ -170,6 +181,7 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
         decay_start=self.WARMUP_STEPS + 1, decay_end=max(self.MAX_STEPS, self.WARMUP_STEPS + 2),
         clip_gradient_norm_to_value=self.CLIP_GRADIENT_NORM_TO_VALUE)
     task_p.train.num_train_steps = self.MAX_STEPS
+    task_p.train.random_seed = self.RANDOM_SEED + self.SEED
     task_p.train.learner.bprop_variable_inclusion = list(self.trainable_variables())
     task_p.train.init_from_checkpoint_rules = self.warm_start_rules()
     # The training input's position is saved with every checkpoint, so a resumed run reads the
@@ -232,6 +244,11 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
     job_log_dir = self._job_log_dir()
     resuming = bool(job_log_dir) and paths.latest_checkpoint_step(
         paths.checkpoint_dir(job_log_dir)) is not None
+    if self.PRETRAINED and not resuming:
+      # Its run is a conversion: paxml.main would save the random initialisation instead.
+      raise ValueError(
+          f'{type(self).__name__} is not trained: its run is {self.PRETRAINED} converted '
+          f'(PRETRAINED); run {self._convert_command()} (or the pipeline, which does it).')
     self._check_job_log_dir(job_log_dir)
     if not resuming:  # Pax ignores the warm-start rules when it resumes
       self.check_upstream_runs()
@@ -258,6 +275,9 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
             'architecture, e.g. one converted for this run: python -m mode_pax.convert '
             f'--hf=HF_FOLDER --exp={registry.experiment_name(type(self))} --out=DIR '
             '(README: "Pre-trained backbones")')
+      elif upstream.PRETRAINED:
+        lines.append(f'  {name}: no checkpoint in {ckpt}; it is converted, not trained: '
+                     f'{upstream()._convert_command(ckpt)}')  # pylint: disable=protected-access
       else:
         lines.append(f'  {name}: no checkpoint in {ckpt}; run it first: python -m paxml.main '
                      f'--exp={name} --job_log_dir={os.path.dirname(ckpt)}')
@@ -265,6 +285,14 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
         f'{type(self).__name__} starts from the checkpoints of {len(missing)} run(s) that are '
         'not there:\n' + '\n'.join(lines) + '\n(or point MODE_PAX_RUNS / MODE_PAX_BACKBONE_CKPT '
         'at where they ran).')
+
+  def _convert_command(self, ckpt_dir: str | None = None) -> str:
+    """The command that writes this PRETRAINED experiment's run (mode_pax.convert)."""
+    from mode_pax import convert  # pylint: disable=g-import-not-at-top  (heavy; rarely needed)
+    name = registry.experiment_name(type(self))
+    ckpt_dir = ckpt_dir or paths.checkpoint_dir(paths.run_dir(name))
+    return (f'python -m mode_pax.convert {convert.source_flag(type(self))} --exp={name} '
+            f'--out={ckpt_dir}')
 
   def _check_vocabulary(self) -> None:
     data_dir = self.data_dir()

@@ -1,13 +1,15 @@
 """Count-based n-gram reference models, scored like the Pax runs: what "knowing" a domain means.
 
-  python -m mode_pax.ngram --exp=mode.small.Backbone [--orders=1,2,3] [--out=results/ngram_small.md]
+  python -m mode_pax.ngram --exp=mode.small.Backbone [--orders=1,2,3] [--out=REPORT.md]
+
+(`make main` puts the same models into Table 1 as reference rows: results.reference_rows.)
 
 An order-n model predicts each next token as the most frequent follower of the previous n - 1
 tokens in the training data, backing off to shorter contexts for contexts never seen (a unigram
 model always predicts the most frequent token). It trains on the training splits of the
 experiment's evaluation domains plus its backbone's pre-training data, and is scored on exactly
-the rows the experiment's Pax evaluation reads: the same seqio tasks, split, preprocessing,
-sequence length and number of rows, with Pax's language-model features (the input at position i
+the examples the experiment's evaluation scores (`mode_pax.evaluate.eval_examples`): the same
+seqio tasks, split, preprocessing, sequence length and sample, with Pax's language-model features (the input at position i
 is the target at i - 1, and 0 at the start of a row), counting the same non-padding targets.
 """
 
@@ -103,52 +105,53 @@ def accuracy(model: NgramModel, rows: Sequence[np.ndarray]) -> tuple[float, int]
   return (correct / total if total else float('nan')), total
 
 
-# ------------------------------------------------------------------------------------------------
-# The rows a Pax run trains and is evaluated on.
-
-
-def task_rows(task_name: str, split: str, seq_len: int, data_dir: str,
-              max_rows: int | None = None) -> list[np.ndarray]:
-  """Target rows of a MoDE seqio task as the Pax inputs read them (no shuffling, unpacked,
-  examples cut to seq_len with EOS: `mode_pax.data.tasks`), without padding."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  from mode_pax.data import tasks  # pylint: disable=g-import-not-at-top
-  tasks.register_tasks(data_dir)
-  ds = seqio.get_mixture_or_task(task_name).get_dataset(
-      sequence_length={'targets': seq_len}, split=split, shuffle=False, num_epochs=1,
-      use_cached=False)
-  rows = []
-  for ex in ds.as_numpy_iterator():
-    rows.append(np.asarray(ex['targets'], np.int64))
-    if max_rows is not None and len(rows) >= max_rows:
-      break
-  return rows
-
-
-def reference_accuracies(experiment_cls, orders: Sequence[int] = (1, 2, 3)
-                         ) -> dict[int, dict[str, tuple[float, int]]]:
-  """order -> eval task -> (accuracy, tokens) of n-gram models on the experiment's eval rows.
+def reference_scores(experiment_cls, split: str | None = None,
+                     orders: Sequence[int] = (1, 2, 3)):
+  """order -> eval task -> per-example scores (evaluate.TaskScores) of n-gram models on the
+  examples the experiment's evaluation scores (`evaluate.eval_examples`).
 
   Training data: the training splits of the experiment's EVAL_DATA tasks and of the backbone's
   pre-training data (`recipes.Backbone.TRAIN_DATA`), i.e. everything the runs of Table 1 train on.
   """
   from mode import recipes  # pylint: disable=g-import-not-at-top
+  from mode_pax import evaluate  # pylint: disable=g-import-not-at-top
   from mode_pax import paths  # pylint: disable=g-import-not-at-top
   exp = experiment_cls()
   data_dir = exp.data_dir()
   seq_len = exp.SEQUENCE_LENGTH
-  train_tasks = list(dict.fromkeys([recipes.Backbone.TRAIN_DATA] + [
-      t for t in exp.EVAL_DATA if t != recipes.ENGLISH_PRETRAIN]))
-  train = [r for t in train_tasks for r in task_rows(t, 'train', seq_len, data_dir)]
-  max_rows = (None if exp.EVAL_NUM_BATCHES < 0
-              else exp.EVAL_NUM_BATCHES * exp.EVAL_BATCH_SIZE)
-  evals = {t: task_rows(t, paths.eval_split(), seq_len, data_dir, max_rows)
+  pretrain = recipes.Backbone.TRAIN_DATA
+  # A domain the pre-training mixture holds is counted once (its rows come with the mixture).
+  train_tasks = [pretrain] + [t for t in exp.EVAL_DATA
+                              if t not in mixture_tasks(pretrain, data_dir)]
+  train = [r for t in train_tasks for r in evaluate.task_rows(t, 'train', seq_len, data_dir)]
+  evals = {t: evaluate.eval_examples(exp, t, split or paths.eval_split())
            for t in exp.EVAL_DATA}
   out = {}
   for n in orders:
     model = NgramModel.fit(train, n, exp.VOCAB_SIZE)
-    out[n] = {t: accuracy(model, rows) for t, rows in evals.items()}
+    out[n] = {}
+    for t, (index, examples) in evals.items():
+      tokens = np.array([sum(len(r) for r in ex) for ex in examples], np.int64)
+      correct = np.array([sum(int(np.sum(model.predict(r) == r)) for r in ex)
+                          for ex in examples], np.int64)
+      out[n][t] = evaluate.TaskScores(index, tokens, correct, None)
   return out
+
+
+def mixture_tasks(name: str, data_dir: str) -> list[str]:
+  """The tasks of a seqio mixture (a task: itself)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from mode_pax.data import tasks  # pylint: disable=g-import-not-at-top
+  tasks.register_tasks(data_dir)
+  found = seqio.get_mixture_or_task(name)
+  return [t.name for t in found.tasks] if isinstance(found, seqio.Mixture) else [name]
+
+
+NAMES = {1: 'Unigram', 2: 'Bigram', 3: 'Trigram'}
+
+
+def label(order: int) -> str:
+  return f'{NAMES.get(order, f"{order}-gram")} count model'
 
 
 def main(argv) -> None:
@@ -159,19 +162,19 @@ def main(argv) -> None:
   name = flags.FLAGS.exp
   experiment_cls = registry.lookup(name)
   orders = [int(n) for n in flags.FLAGS.orders]
-  result = reference_accuracies(experiment_cls, orders)
-  names = {1: 'Unigram', 2: 'Bigram', 3: 'Trigram'}
+  result = reference_scores(experiment_cls, orders=orders)
   tasks_ = list(experiment_cls.EVAL_DATA)
-  lines = [f'# n-gram reference models on the evaluation rows of `{name}`', '',
+  lines = [f'# n-gram reference models on the evaluation examples of `{name}`', '',
            f'Command: `python -m mode_pax.ngram --exp={name} '
            f'--orders={",".join(map(str, orders))}` (split: {paths.eval_split()}).', '',
            '| model | ' + ' | '.join(t.removeprefix('mode_') for t in tasks_) + ' | average |',
            '|---|' + '---:|' * (len(tasks_) + 1)]
   for n in orders:
-    accs = [100 * result[n][t][0] for t in tasks_]
-    lines.append(f'| {names.get(n, f"{n}-gram")} count model | '
-                 + ' | '.join(f'{a:.2f}' for a in accs) + f' | {np.mean(accs):.2f} |')
-  tokens = ', '.join(f'{t.removeprefix("mode_")} {result[orders[0]][t][1]:,}' for t in tasks_)
+    accs = [100 * result[n][t].accuracy for t in tasks_]
+    lines.append(f'| {label(n)} | ' + ' | '.join(f'{a:.2f}' for a in accs)
+                 + f' | {np.mean(accs):.2f} |')
+  tokens = ', '.join(f'{t.removeprefix("mode_")} {int(result[orders[0]][t].tokens.sum()):,}'
+                     for t in tasks_)
   lines += ['', f'Next-token accuracy (%); tokens scored per domain: {tokens}.', '']
   report = '\n'.join(lines)
   print(report)

@@ -14,6 +14,7 @@ does that on its own). Writes results/table1_<scale>.{md,csv}.
 from __future__ import annotations
 
 from concurrent import futures
+import importlib
 import os
 import re
 import subprocess
@@ -23,10 +24,12 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from mode import recipes
+from mode_pax import convert
+from mode_pax import methods
 from mode_pax import paths
-from mode_pax import plms
 from mode_pax import registry
 from mode_pax import results
 
@@ -113,6 +116,15 @@ def _failed(cmd: Sequence[str], returncode: int, log_path: str) -> None:
   raise RuntimeError(f'{" ".join(cmd)} failed ({returncode}); end of {log_path}:\n{tail}')
 
 
+def _run_logged(cmd: Sequence[str], log_path: str) -> None:
+  """Runs a command of this repository, its output appended to log_path; raises on failure."""
+  with open(log_path, 'a') as log:
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=paths.REPO_ROOT,
+                          env={**os.environ, **_EXTRA_ENV}, check=False)
+  if proc.returncode:
+    _failed(cmd, proc.returncode, log_path)
+
+
 def run_paxml(exp: str, job_log_dir: str, mode: str, log_name: str, env=None,
               total_steps: int | None = None, label: str | None = None) -> None:
   """Runs paxml main for one experiment; its output goes to job_log_dir/log_name.
@@ -139,22 +151,17 @@ def run_paxml(exp: str, job_log_dir: str, mode: str, log_name: str, env=None,
 
 
 def convert_stage(module: str, name: str, job_log_dir: str) -> None:
-  """The run of a PRETRAINED backbone: the PLM converted into its checkpoint folder."""
+  """The run of a PRETRAINED backbone: the PLM converted into its checkpoint folder, or, for
+  PRETRAINED='run:NAME', the run of NAME (trained before: `upstream_stages`) relaid out into
+  this experiment's blocks."""
   experiment_cls = registry.lookup(f'{module}.{name}')
   start = time.time()
   _log(f'convert {name}: {experiment_cls.PRETRAINED} -> {job_log_dir}')
   os.makedirs(job_log_dir, exist_ok=True)
   log_path = os.path.join(job_log_dir, 'convert_log.txt')
-  source = experiment_cls.PRETRAINED
-  source_flag = ('--plm' if source in plms.PLMS else '--gguf' if source.endswith('.gguf')
-                 else '--hf')
-  cmd = [sys.executable, '-m', 'mode_pax.convert', f'{source_flag}={source}',
+  cmd = [sys.executable, '-m', 'mode_pax.convert', convert.source_flag(experiment_cls),
          f'--exp={module}.{name}', f'--out={paths.checkpoint_dir(job_log_dir)}']
-  with open(log_path, 'a') as log:
-    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=paths.REPO_ROOT,
-                          env={**os.environ, **_EXTRA_ENV}, check=False)
-  if proc.returncode:
-    _failed(cmd, proc.returncode, log_path)
+  _run_logged(cmd, log_path)
   _log(f'convert {name}: finished in {time.time() - start:.0f} s')
 
 
@@ -177,27 +184,35 @@ def train_stage(module: str, name: str) -> None:
   _log(f'train {name}: finished in {time.time() - start:.0f} s')
 
 
-def evaluate_stage(module: str, name: str) -> dict[str, float]:
-  """Next-token accuracy on each test set, cached per checkpoint step in the run's folder."""
+def evaluate_stage(module: str, name: str, split: str = 'test') -> dict[str, float]:
+  """Next-token accuracy on each evaluation task's `split`, per example (`mode_pax.evaluate
+  --split`), cached in the run's folder for its checkpoint and evaluation (results.eval_key)."""
   experiment_cls = registry.lookup(f'{module}.{name}')
   job_log_dir = paths.run_dir(registry.experiment_name(experiment_cls))
-  cached = results.load_test_metrics(job_log_dir, experiment_cls)
+  cached = results.load_test_metrics(job_log_dir, experiment_cls, split)
   if cached is not None:
     return cached
   start = time.time()
-  _log(f'eval {name}: test splits ...')
-  run_paxml(f'{module}.{name}', job_log_dir, 'eval', 'eval_log.txt',
-            env={'MODE_PAX_EVAL_SPLIT': 'test'}, label=f'eval {name}')
-  metrics = results.save_test_metrics(job_log_dir, experiment_cls)
-  _log(f'eval {name}: {metrics} ({time.time() - start:.0f} s)')
+  _log(f'eval {name}: {split} splits ...')
+  log_path = os.path.join(job_log_dir, 'eval_log.txt')
+  cmd = [sys.executable, '-m', 'mode_pax.evaluate', f'--exp={module}.{name}', f'--split={split}',
+         f'--job_log_dir={job_log_dir}']
+  _run_logged(cmd, log_path)
+  metrics = results.load_test_metrics(job_log_dir, experiment_cls, split)
+  _log(f'eval {name} ({split}): ' + ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())
+       + f' ({time.time() - start:.0f} s)')
   return metrics
 
 
 def upstream_stages(module: str, name: str) -> list[str]:
-  """Names of the runs a stage warm-starts from (its BACKBONE and EXPERTS), in `module`."""
+  """Names of the runs a stage starts from (its BACKBONE and EXPERTS, and the run that a
+  relayout backbone, PRETRAINED='run:NAME', relays out), in `module`."""
   experiment_cls = registry.lookup(f'{module}.{name}')
   stages = ([experiment_cls.BACKBONE] if experiment_cls.BACKBONE else []) + list(
       experiment_cls.EXPERTS)
+  relaid_out = convert.pretrained_run(experiment_cls)
+  if relaid_out is not None:
+    stages.append(relaid_out)
   return [s if isinstance(s, str) else s.__name__ for s in stages]
 
 
@@ -234,8 +249,9 @@ def is_done(module: str, kind: str, name: str) -> bool:
 
 
 def run_stages(module: str, train: Sequence[str], evaluate: Sequence[str] = (),
-               jobs: int = 1) -> dict[str, dict[str, float]]:
-  """Trains `train` and their upstream runs, evaluates `evaluate`, `jobs` stages at a time.
+               jobs: int = 1, split: str = 'test') -> dict[str, dict[str, float]]:
+  """Trains `train` and their upstream runs, evaluates `evaluate` on `split`, `jobs` stages at
+  a time.
 
   A stage starts once its upstream runs are trained; among ready stages, training goes first,
   in the order given (upstream runs before the runs that need them). The first failure stops
@@ -245,7 +261,8 @@ def run_stages(module: str, train: Sequence[str], evaluate: Sequence[str] = (),
     raise ValueError(f'jobs={jobs}: run at least one stage at a time.')
   order, deps = schedule(module, train, evaluate)
   done, running, metrics, failure = set(), {}, {}, None
-  run = {'train': train_stage, 'eval': evaluate_stage}
+  run = {'train': train_stage,
+         'eval': lambda module, name: evaluate_stage(module, name, split)}
   with futures.ThreadPoolExecutor(max_workers=jobs) as pool:
     while len(done) < len(order):
       ready = [t for t in order
@@ -301,24 +318,72 @@ def check_scale(scale: str) -> bool:
   return True
 
 
+def seed_runs(module: str) -> dict[str, dict[int, str]]:
+  """Seeded recipe -> SEED -> run name in `module` (seed 0: the Table 1 run itself)."""
+  scale = importlib.import_module(module)
+  out = {}
+  for recipe in recipes.SEEDED:
+    out[recipe.__name__] = {0: recipe.__name__}
+    for name in vars(scale):
+      found = re.fullmatch(rf'{recipe.__name__}Seed(\d+)', name)
+      if found:
+        out[recipe.__name__][int(found[1])] = name
+  return out
+
+
+def run_seeds(module: str, scale: str, out_dir: str, jobs: int) -> str:
+  """Trains and evaluates the seeded runs of Table 1's decisive rows; writes
+  results/seeds_<scale>.{md,csv} (`make seeds`)."""
+  runs = seed_runs(module)
+  if all(len(by_seed) == 1 for by_seed in runs.values()):
+    raise SystemExit(f'{module} registers no seeded runs (recipes.register_all(seeds=...)).')
+  names = [n for by_seed in runs.values() for n in by_seed.values()]
+  metrics = run_stages(module, names, names, jobs=jobs)
+  label = {r.__name__: r.LABEL for r in recipes.SEEDED}
+  by_label = {label[recipe]: {s: metrics[n] for s, n in by_seed.items()}
+              for recipe, by_seed in runs.items()}
+  mode_recipes, baselines = recipes.TABLE1_COMPARISONS
+  comparisons = [(m.LABEL, b.LABEL) for m in mode_recipes for b in baselines]
+  return results.write_seeds(by_label, comparisons, out_dir, scale=scale,
+                             command='make seeds' if scale == 'small' else
+                             f'python -m mode_pax.pipeline --scale={scale} --seeds')
+
+
 def main(argv) -> None:
   del argv
   start = time.time()
   module = f'mode.{flags.FLAGS.scale}'
   ensure_data(registry.lookup(f'{module}.{recipes.Backbone.__name__}'))
+  if flags.FLAGS.seeds:
+    out = run_seeds(module, flags.FLAGS.scale, flags.FLAGS.out, flags.FLAGS.jobs)
+    _log(f'Seeds ({flags.FLAGS.scale} scale) -> {out}; this run took '
+         f'{(time.time() - start) / 60:.1f} min.')
+    with open(out) as f:
+      print(f.read())
+    return
   # Upstream runs (the backbone, the single-domain experts) are trained first by run_stages.
   names = [recipe.__name__ for recipe in recipes.TABLE1]
   # Runs that others start from go first (the critical path: backbone, experts, compositions).
   upstream = [u for n in names for u in upstream_stages(module, n)]
   train = list(dict.fromkeys(upstream + names))
-  stages, _ = schedule(module, train, names)
+  # Every run is evaluated: Table 1's, and the single-domain experts for routing diagnostics.
+  evaluated = list(dict.fromkeys(names + upstream))
+  stages, _ = schedule(module, train, evaluated)
   skipped = [f'{kind} {name}' for kind, name in stages if is_done(module, kind, name)]
-  metrics = run_stages(module, train, names, jobs=flags.FLAGS.jobs)
+  metrics = run_stages(module, train, evaluated, jobs=flags.FLAGS.jobs)
   rows = [results.Row(method=recipe.LABEL, experiment=f'{module}.{recipe.__name__}',
                       metrics=metrics[recipe.__name__]) for recipe in recipes.TABLE1]
+  backbone_cls = registry.lookup(f'{module}.{recipes.Backbone.__name__}')
+  _log('n-gram reference models on the same test examples ...')
+  logging.set_verbosity(logging.WARNING)  # seqio and TFDS log every dataset they open
+  references = results.reference_rows(
+      backbone_cls, os.path.join(paths.runs_root(), f'{module}.ngram_references'))
   wall = time.time() - start
   out = results.write_table1(rows, flags.FLAGS.out, scale=flags.FLAGS.scale,
-                             eval_rows=results.eval_rows(registry.lookup(rows[0].experiment)))
+                             eval_rows=results.eval_rows(backbone_cls), references=references)
+  results.write_routing([f'{module}.{n}' for n in evaluated
+                         if issubclass(registry.lookup(f'{module}.{n}'), methods.MoDE)],
+                        flags.FLAGS.out, scale=flags.FLAGS.scale)
   done_before = (f'{len(skipped)} of {len(stages)} stages were already done and skipped: '
                  f'{", ".join(skipped)}' if skipped else f'all {len(stages)} stages ran')
   _log(f'Table 1 ({flags.FLAGS.scale} scale) -> {out}; this run took {wall / 60:.1f} min; '
@@ -331,6 +396,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('scale', 'small', "Experiment module under `mode`: 'small' or 'smollm2'.")
   flags.DEFINE_string('out', str(paths.REPO_ROOT / 'results'), 'Where tables go.')
   flags.DEFINE_integer('jobs', default_jobs(), 'Stages run at once (default: CPU count).')
+  flags.DEFINE_bool('seeds', False, "Instead of Table 1: its decisive rows over seeds "
+                    "(results/seeds_<scale>.md; the Table 1 runs are seed 0).")
   flags.register_validator('jobs', check_jobs)
   flags.register_validator('scale', check_scale)
   app.run(main)

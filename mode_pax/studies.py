@@ -98,9 +98,14 @@ def run_studies(studies: Sequence[str], scale: str, out_dir: str, module: str | 
   pipeline.ensure_data()
   start = time.time()
   every = list(dict.fromkeys(n for study in studies for n in names[study]))
-  metrics = pipeline.run_stages(module, every, every, jobs=jobs)
+  metrics = {}  # split -> run -> metrics; every run trains in the first schedule
+  for split in dict.fromkeys(specs.BY_NAME[study].split for study in studies):
+    evaluated = list(dict.fromkeys(n for study in studies for n in names[study]
+                                   if specs.BY_NAME[study].split == split))
+    metrics[split] = pipeline.run_stages(module, every, evaluated, jobs=jobs, split=split)
   minutes = (time.time() - start) / 60
-  return [_write_study(study, scale, module, names[study], metrics, out_dir, minutes)
+  return [_write_study(study, scale, module, names[study],
+                       metrics[specs.BY_NAME[study].split], out_dir, minutes)
           for study in studies]
 
 
@@ -133,7 +138,7 @@ def _write_study(study_name, scale, module, names, metrics, out_dir, minutes) ->
                       [r[k] for k in metric_keys] + r['settings'] + [r['group'], r['x']]
                       for r in rows])
   lines = _table(study, rows)
-  lines.append(f'\nNext-token accuracy (%) on the test splits, {scale} scale '
+  lines.append(f'\nNext-token accuracy (%) on the {study.split} splits, {scale} scale '
                f'(`python -m mode_pax.studies --study={study_name}`; {minutes:.1f} min for the '
                'runs of this call, runs already done skipped).')
   with open(base + '.md', 'w') as f:

@@ -77,3 +77,26 @@ def test_paper_scale_missing_backbone_asks_for_an_existing_checkpoint(tmp_path, 
   with pytest.raises(FileNotFoundError, match=r'paxml\.main --exp=mode\.small\.Backbone'):
     registry.lookup('mode.small.CodeExpert')().check_upstream_runs()
   assert not list(tmp_path.iterdir())  # nothing created
+
+
+def test_a_seed_changes_initialisation_and_data_order_and_nothing_else():
+  from mode import small  # pylint: disable=g-import-not-at-top
+  base, seeded = small.ComposeMathCode(), small.ComposeMathCodeSeed2()
+  assert seeded.SEED == 2
+  base_task, seeded_task = base.task(), seeded.task()
+  assert seeded_task.train.random_seed == base_task.train.random_seed + 2
+  base_train, seeded_train = base.datasets()[0], seeded.datasets()[0]
+  assert seeded_train.input_random_seed == base_train.input_random_seed + 2
+  # Everything else is the recipe's: the same model, learner and warm-start sources.
+  assert seeded_task.model == base_task.model
+  assert seeded_task.train.learner == base_task.train.learner
+  assert seeded_task.train.init_from_checkpoint_rules.keys() == (
+      base_task.train.init_from_checkpoint_rules.keys())
+
+
+def test_a_converted_backbone_is_never_trained_by_paxml_main():
+  """PRETRAINED runs are conversions: paxml.main would save random weights as the backbone."""
+  from mode import small  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r'BackboneB2 is not trained: .* python -m mode_pax.convert '
+                     r'--run=mode.small.Backbone --exp=mode.small.BackboneB2 --out='):
+    small.BackboneB2().validate()

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mode_pax import checkpoints
@@ -11,6 +12,7 @@ from mode_pax import evaluate
 from mode_pax import paths
 from mode_pax import pipeline
 from mode_pax.data import build as build_lib
+from tests import run_env
 from tests import test_data
 from tests import tiny_experiments
 
@@ -118,15 +120,9 @@ def backbone_run(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('data')
   build_lib.build(test_data._config(data_dir))  # pylint: disable=protected-access
   runs_dir = tmp_path_factory.mktemp('runs')
-  saved = {k: os.environ.get(k) for k in ('MODE_PAX_DATA_DIR', 'MODE_PAX_RUNS', 'XLA_FLAGS')}
-  os.environ.update(MODE_PAX_DATA_DIR=str(data_dir), MODE_PAX_RUNS=str(runs_dir), XLA_FLAGS='')
-  pipeline.train_stage(MODULE, 'Backbone')
-  yield paths.run_dir(BACKBONE)
-  for k, v in saved.items():
-    if v is None:
-      os.environ.pop(k, None)
-    else:
-      os.environ[k] = v
+  with run_env.pointed_at(data_dir, runs_dir):
+    pipeline.train_stage(MODULE, 'Backbone')
+    yield paths.run_dir(BACKBONE)
 
 
 def test_the_runs_own_experiment_scores_it(backbone_run):
@@ -176,3 +172,41 @@ def test_mismatch_fix_follows_the_runs_marker(backbone_run, tmp_path, marker, fi
     evaluate.evaluate_text('tests.test_evaluate.WideBackbone', TEXT, job_log_dir=str(tmp_path))
   assert fix in str(err.value), str(err.value)
   assert 'evaluate it with' not in str(err.value)
+
+
+# ---- the evaluation examples of --split ---------------------------------------------------------
+def test_split_examples_hold_every_token_of_the_split_in_file_order(backbone_run):
+  """Rows per example, EOS of each row dropped, are the split's texts encoded one by one
+  (tfds.load and the vocabulary, not the seqio task)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mode_pax.data import mode_corpus, tasks  # pylint: disable=g-import-not-at-top
+  del backbone_run
+  data_dir = tasks.resolve_data_dir()
+  vocab = tasks.vocabulary(data_dir)
+  seq_len = 16  # short rows: most examples are cut into several
+  examples = evaluate.split_examples(tasks.CODE, 'test', seq_len, data_dir)
+  texts = [ex['text'].decode() for ex in tfds.load(mode_corpus.tfds_name('code'), split='test',
+                                                   data_dir=data_dir).as_numpy_iterator()]
+  assert len(examples) == len(texts) > 1
+  assert any(len(rows) > 1 for rows in examples)
+  for rows, text in zip(examples, texts):
+    assert all(len(r) <= seq_len and r[-1] == 1 for r in rows)  # cut to length, EOS-terminated
+    assert [t for r in rows for t in r[:-1]] == vocab.encode(text)
+
+
+def test_sample_covers_the_token_fraction_with_the_fewest_examples_of_its_order():
+  rng = np.random.default_rng(5)
+  num_tokens = rng.integers(1, 200, size=300)
+  chosen = evaluate.sample_examples(num_tokens, 0.5, seed=3)
+  assert np.all(np.diff(chosen) > 0)
+  assert num_tokens[chosen].sum() >= 0.5 * num_tokens.sum()
+  # Minimal in its pseudo-random order: without the last example drawn it falls short.
+  order = np.random.default_rng(3).permutation(len(num_tokens))
+  assert sorted(order[:len(chosen)]) == list(chosen)
+  assert num_tokens[order[:len(chosen) - 1]].sum() < 0.5 * num_tokens.sum()
+  np.testing.assert_array_equal(evaluate.sample_examples(num_tokens, 0.5, seed=3), chosen)
+  assert not np.array_equal(evaluate.sample_examples(num_tokens, 0.5, seed=4), chosen)
+  np.testing.assert_array_equal(evaluate.sample_examples(num_tokens, 1.0, seed=3),
+                                np.arange(300))
+  with pytest.raises(ValueError, match=r'EVAL_TOKEN_FRACTION=0.0: .*\(0, 1\]'):
+    evaluate.sample_examples(num_tokens, 0.0, seed=3)

@@ -1,5 +1,7 @@
 """The paper's procedure through `python -m paxml.main`, at tiny size on the fixture corpus."""
 
+import collections
+import csv
 import os
 import re
 import signal
@@ -12,9 +14,12 @@ import numpy as np
 from praxis import base_layer
 import pytest
 
+from mode import recipes
 from mode_pax import checkpoints
+from mode_pax import evaluate
 from mode_pax import lm_batch
 from mode_pax import naming
+from mode_pax import ngram
 from mode_pax import paths
 from mode_pax import pipeline
 from mode_pax import registry
@@ -22,6 +27,7 @@ from mode_pax import results
 from mode_pax import trees
 from mode_pax.data import build as build_lib
 from mode_pax.data import tasks
+from tests import run_env
 from tests import test_data
 from tests import tiny_experiments
 
@@ -34,17 +40,11 @@ def runs(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('data')
   build_lib.build(test_data._config(data_dir))  # pylint: disable=protected-access
   runs_dir = tmp_path_factory.mktemp('runs')
-  saved = {k: os.environ.get(k) for k in ('MODE_PAX_DATA_DIR', 'MODE_PAX_RUNS', 'XLA_FLAGS')}
-  os.environ.update(MODE_PAX_DATA_DIR=str(data_dir), MODE_PAX_RUNS=str(runs_dir), XLA_FLAGS='')
-  # Upstream runs (Backbone, the experts) come in through the stages' BACKBONE and EXPERTS.
-  pipeline.run_stages(MODULE, ['ComposeMathCode', 'FrozenExpertsMathCode', 'LoraMathCode'],
-                      jobs=2)
-  yield runs_dir
-  for k, v in saved.items():
-    if v is None:
-      os.environ.pop(k, None)
-    else:
-      os.environ[k] = v
+  with run_env.pointed_at(data_dir, runs_dir):
+    # Upstream runs (Backbone, the experts) come in through the stages' BACKBONE and EXPERTS.
+    pipeline.run_stages(MODULE, ['ComposeMathCode', 'FrozenExpertsMathCode', 'LoraMathCode'],
+                        jobs=2)
+    yield runs_dir
 
 
 def _dir(name):
@@ -190,16 +190,90 @@ def test_evaluation_reports_next_token_accuracy_per_domain(runs, monkeypatch):
   assert all(0.0 < v < 100.0 for v in metrics.values())
   assert metrics['average'] == pytest.approx(
       (metrics['math'] + metrics['code'] + metrics['english']) / 3)
-  # Cached for the same checkpoint and evaluation: no second eval run.
-  assert pipeline.evaluate_stage(MODULE, 'ComposeMathCode') == metrics
-  # A changed evaluation setting (or data build) does not reuse the cache.
+  # The per-example pass scores what Pax's own evaluation loop scores (the whole test splits).
+  job_log_dir = _dir('ComposeMathCode')
+  pipeline.run_paxml(f'{MODULE}.ComposeMathCode', job_log_dir, 'eval', 'pax_eval_log.txt',
+                     env={'MODE_PAX_EVAL_SPLIT': 'test'})
+  for key in ('math', 'code', 'english'):
+    _, pax_accuracy = results.read_eval_accuracy(job_log_dir, key)
+    assert metrics[key] == pytest.approx(100.0 * pax_accuracy, abs=1e-4), key
+  # Per example: tokens and right predictions add up to the accuracy; gate weights sum to 1.
   experiment_cls = registry.lookup(f'{MODULE}.ComposeMathCode')
-  assert results.load_test_metrics(_dir('ComposeMathCode'), experiment_cls) == metrics
-  monkeypatch.setattr(experiment_cls, 'EVAL_NUM_BATCHES', 1)
-  assert results.load_test_metrics(_dir('ComposeMathCode'), experiment_cls) is None
+  record = results.load_record(job_log_dir, experiment_cls)
+  scores = evaluate.load_scores(os.path.join(job_log_dir, results.scores_file('test')))
+  code = scores[tasks.CODE]
+  assert len(code.tokens) == record['examples']['code'] > 1
+  assert 100.0 * code.correct.sum() / code.tokens.sum() == pytest.approx(metrics['code'])
+  assert np.all(code.correct <= code.tokens)
+  routing = np.array(record['routing']['code'])  # [blocks, backbone + 2 experts]
+  assert routing.shape == (experiment_cls.NUM_BLOCKS, 3)
+  np.testing.assert_allclose(routing.sum(axis=-1), 1.0, atol=1e-5)
+  # Cached for the same checkpoint and evaluation: no second eval run.
+  monkeypatch.setattr(subprocess, 'run', None)  # a second evaluation would fail here
+  assert pipeline.evaluate_stage(MODULE, 'ComposeMathCode') == metrics
+  monkeypatch.undo()
+  # A changed evaluation setting (or data build) does not reuse the cache.
+  assert results.load_test_metrics(job_log_dir, experiment_cls) == metrics
+  monkeypatch.setattr(experiment_cls, 'EVAL_TOKEN_FRACTION', 0.5)
+  assert results.load_test_metrics(job_log_dir, experiment_cls) is None
+  monkeypatch.undo()
+  monkeypatch.setattr(experiment_cls, 'EVAL_SAMPLE_SEED', 1)
+  assert results.load_test_metrics(job_log_dir, experiment_cls) is None
+  monkeypatch.undo()
+  monkeypatch.setattr(results, 'EVALUATION_VERSION', results.EVALUATION_VERSION + 1)
+  assert results.load_test_metrics(job_log_dir, experiment_cls) is None
   monkeypatch.undo()
   monkeypatch.setattr(tasks, 'build_info', lambda *a: {'fingerprint': 'another build'})
-  assert results.load_test_metrics(_dir('ComposeMathCode'), experiment_cls) is None
+  assert results.load_test_metrics(job_log_dir, experiment_cls) is None
+
+
+def test_table1_gives_intervals_tokens_reference_rows_and_routing(runs, tmp_path):
+  del runs
+  names = ['Backbone', 'LoraMathCode', 'ComposeMathCode', 'MathExpert']
+  for name in names:
+    pipeline.evaluate_stage(MODULE, name)
+  rows = [results.Row(method=registry.lookup(f'{MODULE}.{n}').LABEL or n,
+                      experiment=f'{MODULE}.{n}',
+                      metrics=pipeline.evaluate_stage(MODULE, n)) for n in names[:3]]
+  backbone_cls = registry.lookup(f'{MODULE}.Backbone')
+  references = results.reference_rows(backbone_cls, str(tmp_path / 'ngram'), orders=(1, 2))
+  assert [r.method for r in references] == ['Unigram count model', 'Bigram count model']
+  md = results.write_table1(rows, str(tmp_path), scale='tiny', references=references)
+  with open(tmp_path / 'table1_tiny.csv') as f:
+    table = list(csv.DictReader(f))
+  assert [r['method'] for r in table] == [r.method for r in rows + references]
+  record = results.load_record(_dir('Backbone'), backbone_cls)
+  for r in table:
+    for key in ('math', 'code', 'english', 'average'):
+      low, value, high = (float(r[f'{key}{s}']) for s in ('_low', '', '_high'))
+      assert low < value < high, (r['method'], key)
+    for key in ('math', 'code', 'english'):  # every row scored on the same tokens
+      assert int(r[f'{key}_tokens']) == record['tokens'][key] > 0
+  # The reference rows are the count models' accuracies on those tokens.
+  unigram = ngram.NgramModel.fit(
+      [row for t in (recipes.Backbone.TRAIN_DATA, tasks.MATH, tasks.CODE)
+       for row in evaluate.task_rows(t, 'train', backbone_cls.SEQUENCE_LENGTH,
+                                     tasks.resolve_data_dir())], 1, backbone_cls.VOCAB_SIZE)
+  code_rows = evaluate.task_rows(tasks.CODE, 'test', backbone_cls.SEQUENCE_LENGTH,
+                                 tasks.resolve_data_dir())
+  assert float(table[-2]['code']) == pytest.approx(
+      100 * ngram.accuracy(unigram, code_rows)[0], abs=1e-4)
+  text = open(md).read()
+  assert 'vs. LoRA' in text and 'Scored: Math' in text and '95% bootstrap interval' in text
+  # Routing: one line per MoDE run, block and domain; each block's weights sum to 1.
+  routing_md = results.write_routing([f'{MODULE}.ComposeMathCode', f'{MODULE}.MathExpert'],
+                                     str(tmp_path), scale='tiny')
+  assert os.path.getsize(tmp_path / 'routing_tiny.png') > 10_000
+  with open(tmp_path / 'routing_tiny.csv') as f:
+    weights = list(csv.DictReader(f))
+  sums = collections.defaultdict(float)
+  for w in weights:
+    sums[(w['run'], w['block'], w['domain'])] += float(w['mean_gate_weight'])
+  assert len(sums) == 2 * 2 * 3  # runs x blocks x domains
+  np.testing.assert_allclose(list(sums.values()), 1.0, atol=1e-5)
+  assert {w['branch'] for w in weights if w['run'].endswith('ComposeMathCode')} == {
+      'backbone', 'MathExpert', 'CodeExpert'}
+  assert 'ComposeMathCode | 1 | English' in open(routing_md).read()
 
 
 def test_missing_upstream_runs_are_all_named_and_no_folder_is_claimed(runs, tmp_path,

@@ -16,6 +16,8 @@ import pytest
 from mode_pax import checkpoints
 from mode_pax import naming
 from mode_pax.mpmd import build
+from mode_pax.mpmd import common
+from mode_pax.mpmd import flops
 from mode_pax.mpmd import model as model_lib
 from mode_pax.mpmd import transfer
 from mode_pax.mpmd import testing
@@ -52,7 +54,8 @@ def spmd_run(init_vars):
     grads.append({k: np.asarray(v) for k, v in g.items()})
     trainer.recorder.enabled = False
   params = {k: np.asarray(v) for part in ('train', 'frozen') for k, v in state[part].items()}
-  return dict(losses=losses, grads=grads, params=params, recorder=trainer.recorder)
+  return dict(losses=losses, grads=grads, params=params, recorder=trainer.recorder,
+              trainer=trainer, state=state)
 
 
 def _mpmd_run(init_vars, plan, transport=None):
@@ -112,20 +115,33 @@ def test_mesh3_with_collective_permute_equals_spmd_step(spmd_run, init_vars):
   run = _mpmd_run(init_vars, 'mesh3', transport=transfer.PermuteTransport())
   _assert_same(run, spmd_run, init_vars)
   # Per block, forward: x to 2 meshes of 2 devices, 4 expert outputs to the 4 home devices;
-  # backward: 4 output cotangents to 2 devices each, 2 input cotangents to the 4 home devices.
+  # backward: 4 output cotangents to 2 devices each, 2 input cotangents to the 4 home devices
+  # except in block 0, whose input cotangent nothing trainable needs (frozen embedding).
   act = EXP.TRAIN_BATCH_SIZE * EXP.SEQUENCE_LENGTH * EXP.MODEL_DIMS * 4
-  assert run['moved'][0] == EXP.NUM_BLOCKS * ((2 * 2 + 4 * 4) + (4 * 2 + 2 * 4)) * act
+  per_block = (2 * 2 + 4 * 4) + (4 * 2 + 2 * 4)
+  assert run['moved'][0] == (EXP.NUM_BLOCKS * per_block - 2 * 4) * act
 
 
 def test_gradients_and_updates_stay_on_their_mesh(mesh5_run):
   trainer = mesh5_run['trainer']
-  names = list(mesh5_run['recorder'].programs)
+  programs = mesh5_run['recorder'].programs
+  names = list(programs)
   assert any(n.startswith('update@mesh4') for n in names)
-  assert {n.split('@')[0] for n in names} >= {
-      'embed_fwd', 'experts_fwd', 'backbone_fwd', 'merge_fwd', 'head', 'merge_bwd',
-      'experts_bwd', 'backbone_bwd', 'embed_bwd', 'update'}
-  # One compiled program per piece and mesh: block programs are shared by both blocks.
-  assert mesh5_run['recorder'].programs['backbone_fwd@mesh0'].calls == EXP.NUM_BLOCKS
+  kinds = {n.split('@')[0].split('[')[0] for n in names}
+  assert kinds >= {'embed_fwd', 'experts_fwd', 'backbone_fwd', 'merge_fwd', 'head', 'merge_bwd',
+                   'experts_bwd', 'backbone_bwd', 'update'}
+  # The embedding is frozen: no embedding backward; block 0 (nothing trainable upstream) runs its
+  # backbone forward without a pullback and has no backbone backward (a frozen backbone's only
+  # cotangent is its input's); the experts' pullbacks of block 0 are w.r.t. their weights only.
+  assert 'embed_bwd' not in kinds and 'embed_fwd[no grad]@mesh0' in programs
+  assert programs['backbone_fwd[no grad]@mesh0'].calls == 1
+  assert programs['backbone_bwd[d:x]@mesh0'].calls == EXP.NUM_BLOCKS - 1
+  for m in range(1, 5):
+    assert programs[f'experts_bwd[d:w]@mesh{m}'].calls == 1
+    assert programs[f'experts_bwd@mesh{m}'].calls == EXP.NUM_BLOCKS - 1
+  # One compiled program per piece, variant and mesh: block programs are shared by blocks.
+  assert sum(p.calls for n, p in programs.items()
+             if n.startswith('backbone_fwd')) == EXP.NUM_BLOCKS
   assert len(trainer.meshes) == 5
 
 
@@ -135,6 +151,67 @@ def test_five_meshes_move_fewer_bytes_than_one(mesh5_run, spmd_run):
   assert one > 0 and 0 < five < one, (one, five)
   # Experts on one device each have no collectives of their own.
   assert mesh5_run['recorder'].programs['experts_fwd@mesh1'].stats.get('count', 0) == 0
+
+
+def _lowered_flops(fn, *args) -> float:
+  return flops.cost_flops(jax.jit(fn).lower(*args))
+
+
+def _block0_waste(init_vars) -> dict[str, float]:
+  """Independent of the runtime: logical FLOPs of block 0's backward pieces with jax.vjp, with
+  and without the input cotangent: {'expert': (with x, without x), 'backbone': with x}."""
+  pieces, _ = build.pieces_of(EXP)
+  batch = _batches()[0]
+  inputs = pieces.inputs(model_lib.batch_to_map(batch))
+  trainable = build.experiment_instance(EXP).trainable_variables()
+  x = np.zeros((EXP.TRAIN_BATCH_SIZE, EXP.SEQUENCE_LENGTH, EXP.MODEL_DIMS), np.float32)
+
+  def branch(name):
+    prefix = model_lib.branch_prefix(0, name)
+    rel = {p[len(prefix):]: v for p, v in init_vars.items() if p.startswith(prefix)}
+    train = {k: v for k, v in rel.items() if common.is_trainable(prefix + k, trainable)}
+    return train, {k: v for k, v in rel.items() if k not in train}
+
+  def backward(apply, train, frozen, wrt_x):
+    """FLOPs of applying jax.vjp's pullback (w.r.t. the weights, and x when wrt_x)."""
+    f = lambda tr, x: apply({**tr, **frozen}, x, *inputs)  # pylint: disable=unnecessary-lambda-assignment
+    if wrt_x:
+      _, pullback = jax.jit(lambda tr, x: jax.vjp(f, tr, x))(train, x)
+    else:
+      _, pullback = jax.jit(lambda tr, x: jax.vjp(lambda tr: f(tr, x), tr))(train, x)
+    return _lowered_flops(lambda pb, g: pb(g), pullback, x)
+
+  expert = branch('experts_0')
+  bb_train, bb_frozen = branch('backbone')
+  assert expert[0] and not bb_train  # MoDE: experts train, the backbone is frozen
+  return dict(expert=(backward(pieces.expert, *expert, True),
+                      backward(pieces.expert, *expert, False)),
+              backbone=backward(pieces.backbone, bb_train, bb_frozen, True))
+
+
+def test_backward_computes_no_cotangent_of_frozen_variables(mesh5_run, spmd_run, init_vars):
+  """The MPMD backward does no more work than the SPMD step's (jax.grad of the whole model)."""
+  batch = _batches()[0]
+  mpmd = flops.mpmd_step_flops(mesh5_run['trainer'], mesh5_run['trainer'].init_state(init_vars),
+                               batch, counts=('lowered',))['lowered']
+  spmd = flops.spmd_step_flops(spmd_run['trainer'], spmd_run['state'], batch,
+                               counts=('lowered',))['lowered']
+  waste = _block0_waste(init_vars)
+  (with_x, without_x), backbone = waste['expert'], waste['backbone']
+  # Block 0's input cotangent is real work: the whole backbone block's backward, and through
+  # each expert the input norm's backward (only that: the norm's trainable scale needs the
+  # cotangent at the first projection's input anyway).
+  block0_waste = EXP.NUM_DOMAIN_EXPERTS * (with_x - without_x) + backbone
+  assert with_x > without_x > 0 and block0_waste > 0.05 * spmd.backward, (waste, spmd)
+  # The experts' block-0 pullbacks are w.r.t. their weights only (the independent count) ...
+  programs = mesh5_run['recorder'].programs
+  np.testing.assert_allclose(programs['experts_bwd[d:w]@mesh1'].lowered_flops, without_x,
+                             rtol=0.02)
+  # ... and the step's backward is the SPMD step's, not block0_waste above it (fusion and
+  # program boundaries leave well under 1% apart).
+  assert mpmd.backward <= 1.005 * spmd.backward, (mpmd, spmd)
+  assert mpmd.backward + 0.5 * block0_waste > spmd.backward, (mpmd, spmd, block0_waste)
+  assert abs(mpmd.forward - spmd.forward) < 0.02 * spmd.forward, (mpmd, spmd)
 
 
 def _save_with_paxml(ckpt_dir: str, step: int) -> dict[str, np.ndarray]:

@@ -52,8 +52,8 @@ class Stages:
     assert module == MODULE
     return self._run(T, name)
 
-  def evaluate(self, module, name):
-    assert module == MODULE
+  def evaluate(self, module, name, split='test'):
+    assert module == MODULE and split == 'test'
     return self._run(E, name)
 
   def wait_running(self, expected):

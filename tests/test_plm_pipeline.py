@@ -17,6 +17,7 @@ from mode_pax import paths
 from mode_pax import pipeline
 from mode_pax import registry
 from mode_pax.data import build as build_lib
+from tests import run_env
 from tests import test_convert
 from tests import test_data
 from tests import tiny_plm_experiments
@@ -37,19 +38,12 @@ def plm_runs(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('data')
   build_lib.build(test_data._config(data_dir))  # pylint: disable=protected-access
   runs_dir = tmp_path_factory.mktemp('runs')
-  keys = ('MODE_PAX_DATA_DIR', 'MODE_PAX_RUNS', 'XLA_FLAGS', tiny_plm_experiments.PLM_ENV)
-  saved = {k: os.environ.get(k) for k in keys}
-  os.environ.update(MODE_PAX_DATA_DIR=str(data_dir), MODE_PAX_RUNS=str(runs_dir), XLA_FLAGS='')
-  os.environ[tiny_plm_experiments.PLM_ENV] = hf
-  with pytest.MonkeyPatch.context() as patch:  # (the module may be imported already)
-    patch.setattr(registry.lookup(f'{MODULE}.Backbone'), 'PRETRAINED', hf)
-    metrics = pipeline.run_stages(MODULE, ['CodeExpert'], ['Backbone'], jobs=1)
-  yield hf, metrics
-  for k, v in saved.items():
-    if v is None:
-      os.environ.pop(k, None)
-    else:
-      os.environ[k] = v
+  with run_env.pointed_at(data_dir, runs_dir), pytest.MonkeyPatch.context() as env:
+    env.setenv(tiny_plm_experiments.PLM_ENV, hf)
+    with pytest.MonkeyPatch.context() as patch:  # (the module may be imported already)
+      patch.setattr(registry.lookup(f'{MODULE}.Backbone'), 'PRETRAINED', hf)
+      metrics = pipeline.run_stages(MODULE, ['CodeExpert'], ['Backbone'], jobs=1)
+    yield hf, metrics
 
 
 def _vars(name):

@@ -95,14 +95,25 @@ def collective_stats(hlo_text: str) -> dict[str, int]:
   return dict(stats)
 
 
+def _flops(cost) -> float:
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops', 0.0))
+
+
 @dataclasses.dataclass
 class ProgramRecord:
-  """One compiled program: its device count, per-device collective stats and calls per step."""
+  """One compiled program: its device count, per-device collective stats and calls per step.
+
+  flops: XLA's cost analysis of the compiled (optimized, partitioned) program, per device.
+  lowered_flops: XLA's cost analysis of the program as JAX lowers it (before XLA's passes and
+    partitioning): the logical FLOPs of the whole program, whatever its mesh (see flops.py).
+  """
   name: str
   num_devices: int
   stats: dict[str, int]
   flops: float = 0.0
   calls: int = 0
+  lowered_flops: float = 0.0
 
   @property
   def total_collective_bytes(self) -> int:
@@ -125,12 +136,11 @@ class Recorder:
       return self._compiled[name](*args)
     if self.enabled:
       if name not in self.programs:
-        compiled = self._compiled[name] = jitted.lower(*args).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        lowered = jitted.lower(*args)
+        compiled = self._compiled[name] = lowered.compile()
         self.programs[name] = ProgramRecord(
             name, num_devices, collective_stats(compiled.as_text()),
-            float((cost or {}).get('flops', 0.0)))
+            _flops(compiled.cost_analysis()), lowered_flops=_flops(lowered.cost_analysis()))
         self.programs[name].calls += 1
         return compiled(*args)
     return jitted(*args)

@@ -9,7 +9,11 @@ by all blocks: their variables have the same shapes):
   every mesh:              the optimizer update of the variables that live on it
 
 Forward programs return `jax.vjp`'s pullback (a pytree of residuals living on that mesh); the
-backward programs apply it, so nothing is recomputed and residuals never leave their mesh. Only
+backward programs apply it, so nothing is recomputed and residuals never leave their mesh. A
+forward program differentiates only with respect to what reaches a trainable variable
+(`_Cotangents`): block 0's input comes from the frozen embedding, so its programs take no input
+cotangent and the embedding has no backward program (a block with nothing trainable in or above
+it has no backward at all), as `jax.grad` of the whole model (the SPMD step) does. Only
 activations cross meshes, at the merges: block input x to each expert mesh and the experts'
 outputs back (forward), their cotangents the other way (backward). All programs are dispatched
 asynchronously; expert programs are dispatched before the backbone's so that meshes overlap.
@@ -44,11 +48,73 @@ class _Slice:
   keys: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
+class _BlockGrads:
+  """What the backward pass of one block differentiates (static: selects compiled programs).
+
+  Attributes:
+    x: the block input's cotangent (something trainable lies upstream: an earlier block or a
+      trainable embedding).
+    backbone: (params, x) flags of the backbone's pullback.
+    gate: whether the gate has trainable variables.
+    experts: mesh index -> (params, x) flags of its experts' pullback; (False, False) when
+      neither its experts nor anything upstream trains: no cotangent goes to that mesh.
+  """
+  x: bool
+  backbone: tuple[bool, bool]
+  gate: bool
+  experts: dict[int, tuple[bool, bool]]
+
+  @property
+  def needed(self) -> bool:
+    """Whether the block has a backward pass at all."""
+    return self.x or self.gate or any(self.backbone) or any(
+        any(f) for f in self.experts.values())
+
+
+def _vjp(fn, primals: Sequence[Any], wrt: Sequence[bool]):
+  """`jax.vjp` of fn with respect to the primals flagged in `wrt` only.
+
+  The others enter as constants: no tangent reaches them, so the pullback neither computes nor
+  returns their cotangents (XLA is not relied on to drop dead outputs). No flag: the plain
+  forward, and the pullback is None.
+
+  Returns:
+    (fn(*primals), pullback returning the cotangents of the flagged primals, in order).
+  """
+  if not any(wrt):
+    return fn(*primals), None
+
+  def diff_fn(*diff):
+    it = iter(diff)
+    return fn(*[next(it) if w else p for p, w in zip(primals, wrt)])
+  return jax.vjp(diff_fn, *[p for p, w in zip(primals, wrt) if w])
+
+
+def _unpack(cotangents, wrt: Sequence[bool]) -> list:
+  """The pullback's cotangents at the flagged positions of `wrt`, None elsewhere."""
+  it = iter(cotangents or ())
+  return [next(it) if w else None for w in wrt]
+
+
+def _variant(names: Sequence[str], wrt: Sequence[bool]) -> str:
+  """Program-name suffix of a differentiation variant ('' when everything is differentiated)."""
+  if all(wrt):
+    return ''
+  if not any(wrt):
+    return '[no grad]'
+  return '[d:' + ','.join(n for n, w in zip(names, wrt) if w) + ']'
+
+
 class MpmdTrainer:
   """The MPMD train step of a MoDE model under a mesh plan.
 
   Attributes:
     pieces: The praxis MoDE model cut into pieces.
+    prune_cotangents: Differentiate only what reaches a trainable variable (default). False
+      differentiates every piece with respect to its inputs (block 0's input cotangent and the
+      embedding backward included): the wasteful reference of `benchmarks/mpmd_sharding.py
+      --flops`; results are the same.
     plan: The validated mesh plan.
     meshes: One jax Mesh per distinct device set of the plan (home first).
     transport: Moves activations between meshes and counts the bytes.
@@ -58,13 +124,14 @@ class MpmdTrainer:
   def __init__(self, pieces: model_lib.MoDEPieces, plan: plan_lib.MeshPlan,
                optimizer: optax.GradientTransformation, batch_specs,
                trainable: Sequence[str] = common.MODE_TRAINABLE,
-               transport: transfer.Transport | None = None):
+               transport: transfer.Transport | None = None, prune_cotangents: bool = True):
     plan.validate(num_devices=len(jax.devices()), num_experts=pieces.num_experts)
     plan.check_divisibility(pieces.sharded_dims(batch_specs))
     self.pieces = pieces
     self.plan = plan
     self.optimizer = optimizer
     self.trainable = tuple(trainable)
+    self.prune_cotangents = prune_cotangents
     self.batch_specs = batch_specs
     self.meshes = [common.make_mesh(ids) for ids in plan.meshes()]
     self.local = [common.is_local(m) for m in self.meshes]
@@ -124,7 +191,37 @@ class MpmdTrainer:
       state[i] = {'params': params, 'opt': opt}
       # Updates keep variables and optimizer state where they are.
       self._state_shardings[i] = jax.tree_util.tree_map(lambda a: a.sharding, (train, opt))
+    self._plan_cotangents()
     return state
+
+  def _trains(self, key) -> bool:
+    """Whether the program argument `key` has a trainable variable."""
+    return key in self._slice_map and any(
+        p in self._train_paths for p, _ in self._slice_map[key].keys)
+
+  def _plan_cotangents(self):
+    """Which cotangents the backward pass computes (the same in every process).
+
+    A block's input cotangent is needed only when something trainable lies upstream: a trainable
+    embedding (any trainable 'outside' variable counts: the embedding may be tied to the
+    softmax) or a trainable variable of an earlier block.
+    """
+    B = self.pieces.num_blocks
+    prune = self.prune_cotangents
+    upstream = self._trains(('outside',)) or not prune
+    self._embed_grad = upstream
+    self._block_grads = []
+    for i in range(B):
+      experts = {}
+      for m in self.expert_meshes:
+        params = any(self._trains(('expert', i, j)) for j in self.experts_on[m]) or not prune
+        experts[m] = (params, upstream) if params or upstream else (False, False)
+      backbone = self._trains(('backbone', i)) or not prune
+      grads = _BlockGrads(x=upstream, backbone=(backbone, upstream),
+                          gate=self._trains(('gate', i)) or not prune, experts=experts)
+      self._block_grads.append(grads)
+      upstream = upstream or grads.needed
+    self._head_x_grad = upstream
 
   def _args(self, state, key) -> tuple[dict, dict]:
     """(trainable, frozen) dicts of one program argument, keyed inside the program."""
@@ -143,25 +240,37 @@ class MpmdTrainer:
     sharding = NamedSharding(self.meshes[mesh_index], P())
     return jax.tree_util.tree_map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
 
-  def _program(self, kind: str, mesh_index: int):
-    key = (kind, mesh_index)
+  def _program(self, kind: str, mesh_index: int, wrt: tuple[bool, ...] | None):
+    key = (kind, mesh_index, wrt)
     if key not in self._programs:
-      self._programs[key] = jax.jit(getattr(self, f'_{kind}_fn')(mesh_index))
+      make = getattr(self, f'_{kind}_fn')
+      self._programs[key] = jax.jit(make(mesh_index) if wrt is None else make(mesh_index, wrt))
     return self._programs[key]
 
-  def _call(self, kind: str, mesh_index: int, *args):
+  # Names of the differentiable arguments of each forward program, for program names.
+  _WRT_NAMES = {'embed_fwd': ('w',), 'backbone_fwd': ('w', 'x'), 'experts_fwd': ('w', 'x'),
+                'head': ('w', 'x')}
+
+  def _call(self, kind: str, mesh_index: int, *args, wrt: tuple[bool, ...] | None = None,
+            variant: str | None = None):
+    """Runs program `kind` on a mesh; `wrt` selects a forward program's differentiation
+    variant, `variant` names a backward program's (it applies that variant's pullback)."""
     mesh = self.meshes[mesh_index]
+    if variant is None:
+      names = self._WRT_NAMES.get(kind, ('w', 'x', 'bb') + tuple(
+          f'e{j}' for j in range(self.pieces.num_experts)))
+      variant = '' if wrt is None else _variant(names, wrt)
     with mesh:
-      return self.recorder(f'{kind}@mesh{mesh_index}', mesh.size,
-                           self._program(kind, mesh_index), *args)
+      return self.recorder(f'{kind}{variant}@mesh{mesh_index}', mesh.size,
+                           self._program(kind, mesh_index, wrt), *args)
 
   def _inputs_fn(self, mesh_index):
     del mesh_index
     return self.pieces.inputs
 
-  def _embed_fwd_fn(self, mi):
+  def _embed_fwd_fn(self, mi, wrt):
     def fn(train, frozen, batch):
-      x, pullback = jax.vjp(lambda tr: self.pieces.embed({**tr, **frozen}, batch), train)
+      x, pullback = _vjp(lambda tr: self.pieces.embed({**tr, **frozen}, batch), (train,), wrt)
       return self._replicate(mi, x), pullback
     return fn
 
@@ -178,32 +287,40 @@ class MpmdTrainer:
   # One backward program per forward program (same function, separate compiled programs).
   _embed_bwd_fn = _backbone_bwd_fn = _experts_bwd_fn = _merge_bwd_fn = _pullback_fn
 
-  def _backbone_fwd_fn(self, mi):
+  def _backbone_fwd_fn(self, mi, wrt):
     def fn(train, frozen, x, inputs):
-      return jax.vjp(lambda tr, x: self.pieces.backbone({**tr, **frozen}, x, *inputs), train, x)
+      return _vjp(lambda tr, x: self.pieces.backbone({**tr, **frozen}, x, *inputs), (train, x),
+                  wrt)
     return fn
 
-  def _experts_fwd_fn(self, mi):
+  def _experts_fwd_fn(self, mi, wrt):
     def fn(trains, frozens, x, inputs):
       def branches(trs, x):
         return [self.pieces.expert({**tr, **fr}, x, *inputs) for tr, fr in zip(trs, frozens)]
-      ys, pullback = jax.vjp(branches, trains, x)
+      ys, pullback = _vjp(branches, (trains, x), wrt)
       return self._replicate(mi, ys), pullback
     return fn
 
-  def _merge_fwd_fn(self, mi):
+  def _merge_fwd_fn(self, mi, wrt):
+    """wrt: flags of (gate params, x, backbone output, expert output 0, 1, ...)."""
     def fn(train, frozen, x, backbone_out, expert_outs):
-      y, pullback = jax.vjp(lambda tr, *a: self.pieces.merge({**tr, **frozen}, *a),
-                            train, x, backbone_out, expert_outs)
+      y, pullback = _vjp(lambda tr, x, bb, *outs: self.pieces.merge({**tr, **frozen}, x, bb, outs),
+                         (train, x, backbone_out, *expert_outs), wrt)
       return self._replicate(mi, y), pullback
     return fn
 
-  def _head_fn(self, mi):
+  def _head_fn(self, mi, wrt):
+    """Loss and the gradients flagged in wrt (outside params, x)."""
     def fn(train, frozen, x, batch):
-      (loss, metrics), (g_train, g_x) = jax.value_and_grad(
-          lambda tr, x: self.pieces.head({**tr, **frozen}, x, batch), argnums=(0, 1),
-          has_aux=True)(train, x)
-      return loss, metrics, g_train, self._replicate(mi, g_x)
+      loss_fn = lambda tr, x: self.pieces.head({**tr, **frozen}, x, batch)
+      if not any(wrt):
+        loss, metrics = loss_fn(train, x)
+        return loss, metrics, None, None
+      argnums = tuple(k for k, w in enumerate(wrt) if w)
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, argnums=argnums, has_aux=True)(
+          train, x)
+      g_train, g_x = _unpack(grads, wrt)
+      return loss, metrics, g_train, None if g_x is None else self._replicate(mi, g_x)
     return fn
 
   def _add_fn(self, mi):
@@ -244,12 +361,14 @@ class MpmdTrainer:
     placed = self.place_batch(batch)
     inputs = {i: self._call('inputs', i, placed[i]) for i in placed}
 
-    # Forward.
+    # Forward: each program differentiates what `_plan_cotangents` asks for (its `wrt` flags).
     x = x_pull = None
     if home_local:
-      x, x_pull = self._call('embed_fwd', HOME, *self._args(state, ('outside',)), placed[HOME])
+      x, x_pull = self._call('embed_fwd', HOME, *self._args(state, ('outside',)), placed[HOME],
+                             wrt=(self._embed_grad,))
     pulls = []
     for i in range(B):
+      bg = self._block_grads[i]
       x_on = {m: self._move(x, HOME, m) for m in self.remote_expert_meshes}
       x_on[HOME] = x
       outs, block_pulls = [None] * N, {}
@@ -258,12 +377,14 @@ class MpmdTrainer:
           continue
         args = [self._args(state, ('expert', i, j)) for j in self.experts_on[m]]
         ys, block_pulls[m] = self._call('experts_fwd', m, [a[0] for a in args],
-                                        [a[1] for a in args], x_on[m], inputs[m])
+                                        [a[1] for a in args], x_on[m], inputs[m],
+                                        wrt=bg.experts[m])
         for j, y in zip(self.experts_on[m], ys):
           outs[j] = y
       if home_local:
         y_bb, block_pulls['backbone'] = self._call(
-            'backbone_fwd', HOME, *self._args(state, ('backbone', i)), x, inputs[HOME])
+            'backbone_fwd', HOME, *self._args(state, ('backbone', i)), x, inputs[HOME],
+            wrt=bg.backbone)
       for m in self.remote_expert_meshes:
         moved = self._move_list(None if not self.local[m] else
                                 [outs[j] for j in self.experts_on[m]], m, HOME,
@@ -272,7 +393,8 @@ class MpmdTrainer:
           outs[j] = y
       if home_local:
         x, block_pulls['merge'] = self._call(
-            'merge_fwd', HOME, *self._args(state, ('gate', i)), x, y_bb, outs)
+            'merge_fwd', HOME, *self._args(state, ('gate', i)), x, y_bb, outs,
+            wrt=self._merge_wrt(bg))
       pulls.append(block_pulls)
 
     # Loss and backward.
@@ -280,39 +402,57 @@ class MpmdTrainer:
     loss = metrics = g_x = None
     if home_local:
       loss, metrics, g_out, g_x = self._call(
-          'head', HOME, *self._args(state, ('outside',)), x, placed[HOME])
+          'head', HOME, *self._args(state, ('outside',)), x, placed[HOME],
+          wrt=(True, self._head_x_grad))
       grads[HOME].update(self._full(('outside',), g_out))
     for i in reversed(range(B)):
-      block_pulls = pulls[i]
+      bg, block_pulls = self._block_grads[i], pulls[i]
+      if not bg.needed:  # nothing trainable in or above this block: no backward
+        continue
+      merge_wrt = self._merge_wrt(bg)
       g_outs = [None] * N
+      g_x_gate = g_bb = None
       if home_local:
-        g_gate, g_x_gate, g_bb, g_outs = self._call('merge_bwd', HOME, block_pulls['merge'], g_x)
-        grads[HOME].update(self._full(('gate', i), g_gate))
+        g_gate, g_x_gate, g_bb, *g_outs = _unpack(self._call(
+            'merge_bwd', HOME, block_pulls['merge'], g_x,
+            variant=_variant(('w', 'x', 'bb') + tuple(f'e{j}' for j in range(N)), merge_wrt)),
+            merge_wrt)
+        if g_gate is not None:
+          grads[HOME].update(self._full(('gate', i), g_gate))
       g_on = {}
       for m in self.remote_expert_meshes:
-        g_on[m] = self._move_list(None if not home_local else
-                                  [g_outs[j] for j in self.experts_on[m]], HOME, m,
-                                  len(self.experts_on[m]))
+        if any(bg.experts[m]):
+          g_on[m] = self._move_list(None if not home_local else
+                                    [g_outs[j] for j in self.experts_on[m]], HOME, m,
+                                    len(self.experts_on[m]))
       if home_local and self.experts_on[HOME]:
         g_on[HOME] = [g_outs[j] for j in self.experts_on[HOME]]
       g_x_experts = {}
       for m in self.expert_meshes:
-        if not self.local[m]:
+        if not self.local[m] or not any(bg.experts[m]):
           continue
-        g_trains, g_x_experts[m] = self._call('experts_bwd', m, block_pulls[m], g_on[m])
-        for j, g in zip(self.experts_on[m], g_trains):
+        g_trains, g_x_experts[m] = _unpack(self._call(
+            'experts_bwd', m, block_pulls[m], g_on[m],
+            variant=_variant(self._WRT_NAMES['experts_fwd'], bg.experts[m])), bg.experts[m])
+        for j, g in zip(self.experts_on[m], g_trains or ()):
           grads[m].update(self._full(('expert', i, j), g))
-      if home_local:
-        g_bb_train, g_x_bb = self._call('backbone_bwd', HOME, block_pulls['backbone'], g_bb)
-        grads[HOME].update(self._full(('backbone', i), g_bb_train))
-      parts = [] if not home_local else [g_x_gate, g_x_bb]
-      for m in self.expert_meshes:
-        moved = self._move(g_x_experts.get(m), m, HOME)
+      g_x_bb = None
+      if home_local and any(bg.backbone):
+        g_bb_train, g_x_bb = _unpack(self._call(
+            'backbone_bwd', HOME, block_pulls['backbone'], g_bb,
+            variant=_variant(self._WRT_NAMES['backbone_fwd'], bg.backbone)), bg.backbone)
+        if g_bb_train is not None:
+          grads[HOME].update(self._full(('backbone', i), g_bb_train))
+      g_x = None
+      if bg.x:  # the block input's cotangent: gate + backbone + experts
+        parts = [] if not home_local else [g_x_gate, g_x_bb]
+        for m in self.expert_meshes:
+          moved = self._move(g_x_experts.get(m), m, HOME)
+          if home_local:
+            parts.append(moved)
         if home_local:
-          parts.append(moved)
-      if home_local:
-        g_x = self._call('add', HOME, parts)
-    if home_local:
+          g_x = self._call('add', HOME, parts)
+    if home_local and self._embed_grad:
       (g_emb,) = self._call('embed_bwd', HOME, x_pull, g_x)
       g_emb = self._full(('outside',), g_emb)
       shared = {p: [grads[HOME][p], g] for p, g in g_emb.items() if p in grads[HOME]}
@@ -328,6 +468,14 @@ class MpmdTrainer:
       new_train, opt = self._call('update', m, train, mesh_state['opt'], grads[m])
       new_state[m] = {'params': {**params, **new_train}, 'opt': opt}
     return new_state, loss, metrics, grads
+
+  def _merge_wrt(self, bg: _BlockGrads) -> tuple[bool, ...]:
+    """Merge flags: gate params, x, backbone output, each expert's output (its mesh's x flag)."""
+    if not bg.needed:
+      return (False,) * (3 + self.pieces.num_experts)
+    return (bg.gate, bg.x, bg.backbone != (False, False)) + tuple(
+        any(bg.experts[self.plan.mesh_index_of_expert(j)])
+        for j in range(self.pieces.num_experts))
 
   # ---- inspection ------------------------------------------------------------------------------
   def host_params(self, state) -> dict[str, np.ndarray]:
