@@ -50,12 +50,13 @@ class SmallScale:
 # little from the whole split; the all-examples point of Figures 3 and 5 is the unsuffixed recipe.
 SWEEPS = studies.Sweeps(lora_ranks=(4, 16, 64), code_sizes=(100, 300, 1000),
                         mixture_sizes=(100,), expert_layer_counts=(1, 2, 3),
-                        gate_init_weights=(0.5, 0.9, 0.99))
+                        gate_init_weights=(0.5, 0.9, 0.99),
+                        backbone_learning_rates=(1e-3, 3e-3))
 globals().update(recipes.register_all(
     SmallScale, __name__, SWEEPS,
     # Pre-training from scratch needs more steps than adapting, and a higher learning rate:
-    # English validation accuracy after 500 steps 13.59% at 1e-2, 13.23% at 3e-3 (mode_pax.evaluate
-    # --split=validation; results/README.md, "Backbone").
+    # English validation accuracy after 500 steps 11.65% at 1e-3, 13.23% at 3e-3, 13.59% at 1e-2
+    # (`python -m mode_pax.studies --study=backbone_lr`; results/README.md).
     stage_overrides={
         'Backbone': dict(MAX_STEPS=500, WARMUP_STEPS=50, LEARNING_RATE=1e-2),
         # Gates that start at the backbone: weight 0.5, the best validation average of the

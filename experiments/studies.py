@@ -24,6 +24,9 @@ class Sweeps:
   # Initial gate weights on the backbone tried for MoDE's experts (our option, not the paper's:
   # MoDEGate.initial_backbone_weight), compared on the validation splits (study 'gate_init').
   gate_init_weights: tuple[float, ...] = ()
+  # Backbone pre-training learning rates compared on the validation splits (study backbone_lr;
+  # the Backbone's own rate is its unsuffixed point).
+  backbone_learning_rates: tuple[float, ...] = ()
 
 
 Variants = dict[str, tuple[str, dict[str, Any]]]  # name -> (recipe name, class attributes)
@@ -129,6 +132,12 @@ def _gate_init_label(exp) -> str:
   return 'random (paper)' if p is None else f'{p:g}'
 
 
+def _backbone_lr_variants(s: Sweeps) -> Variants:
+  """The backbone pre-trained at other learning rates (everything else the Backbone's)."""
+  return {f'BackboneLr{lr:g}'.replace('.', 'p'): ('Backbone', dict(LEARNING_RATE=lr))
+          for lr in s.backbone_learning_rates}
+
+
 def _train_examples(exp, count) -> int:
   del count
   return tasks.num_train_examples(exp.TRAIN_DATA)
@@ -171,6 +180,11 @@ STUDIES += (
           xlabel='initial gate weight on the backbone (0: random, the paper)', logx=False,
           panels=ALL_DOMAINS, sort=lambda e: (e.TRAIN_DATA, e.GATE_INITIAL_BACKBONE_WEIGHT or 0),
           split='validation'),
+    Study(name='backbone_lr', variants=_backbone_lr_variants, includes=('Backbone',),
+          columns=(('Learning rate', lambda e: f'{e.LEARNING_RATE:g}'),),
+          group=lambda e: 'backbone', x=lambda e, c: e.LEARNING_RATE,
+          xlabel='backbone pre-training learning rate', logx=True, panels=ALL_DOMAINS,
+          sort=lambda e: e.LEARNING_RATE, split='validation'),
 )
 BY_NAME = {s.name: s for s in STUDIES}
 
