@@ -500,16 +500,20 @@ def to_plain_layout(variables: dict[str, np.ndarray], lm_tpl: Any) -> dict[str, 
   return variables
 
 
+def architecture_differences(a: Architecture, b: Architecture, a_name: str,
+                             b_name: str) -> list[str]:
+  """'field: <a_name> value, <b_name> value' for every field where two architectures differ."""
+  return [f'{f.name}: {a_name} {getattr(a, f.name)!r}, {b_name} {getattr(b, f.name)!r}'
+          for f in dataclasses.fields(Architecture) if getattr(a, f.name) != getattr(b, f.name)]
+
+
 def check_experiment_architecture(arch: Architecture, experiment: Any) -> None:
   """ConversionError naming every field where the checkpoint differs from the experiment."""
   if not hasattr(experiment, 'architecture'):
     raise ConversionError(f'{type(experiment).__name__} has no backbone family (a '
                           'mode_pax.backbones mixin such as SmolLM2_135M); it cannot take a '
                           'converted checkpoint.')
-  want = experiment.architecture()
-  diffs = [f'{f.name}: checkpoint {getattr(arch, f.name)!r}, experiment '
-           f'{getattr(want, f.name)!r}' for f in dataclasses.fields(Architecture)
-           if getattr(arch, f.name) != getattr(want, f.name)]
+  diffs = architecture_differences(arch, experiment.architecture(), 'checkpoint', 'experiment')
   if diffs:
     raise ConversionError(f'the checkpoint does not match {type(experiment).__name__}: '
                           + '; '.join(diffs) + '.')
@@ -655,10 +659,8 @@ def check_same_backbone(source: Any, target: Any) -> None:
   diffs = [f'{k}: {s_name} {getattr(source, k, None)!r}, {t_name} {getattr(target, k, None)!r}'
            for k in _BACKBONE_SETTINGS if getattr(source, k, None) != getattr(target, k, None)]
   if not diffs and hasattr(source, 'architecture') and hasattr(target, 'architecture'):
-    s_arch, t_arch = source.architecture(), target.architecture()
-    diffs = [f'{f.name}: {s_name} {getattr(s_arch, f.name)!r}, {t_name} '
-             f'{getattr(t_arch, f.name)!r}' for f in dataclasses.fields(Architecture)
-             if getattr(s_arch, f.name) != getattr(t_arch, f.name)]
+    diffs = architecture_differences(source.architecture(), target.architecture(), s_name,
+                                     t_name)
   if not diffs:  # what the settings above do not show (activations, norms, positions, ...)
     diffs = _config_differences(source.backbone_lm(), target.backbone_lm(), 'lm')[:8]
   if diffs:

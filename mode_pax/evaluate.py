@@ -75,14 +75,8 @@ def read_text_file(path: str) -> str:
 def token_rows(token_ids: list[int], seq_len: int, eos_id: int = 1):
   """Cuts a token stream (EOS appended) into Pax LM rows: ids = BOS(0) + shifted labels."""
   stream = list(token_ids) + [eos_id]
-  num_rows = math.ceil(len(stream) / seq_len)
-  labels = np.zeros((num_rows, seq_len), np.int32)
-  weights = np.zeros((num_rows, seq_len), np.float32)
-  for r in range(num_rows):
-    chunk = stream[r * seq_len:(r + 1) * seq_len]
-    labels[r, :len(chunk)] = chunk
-    weights[r, :len(chunk)] = 1.0
-  ids = np.concatenate([np.zeros((num_rows, 1), np.int32), labels[:, :-1]], axis=1)
+  chunks = [stream[start:start + seq_len] for start in range(0, len(stream), seq_len)]
+  ids, labels, weights, _ = example_rows([chunks], seq_len)
   return ids, labels, weights
 
 

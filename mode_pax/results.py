@@ -241,8 +241,10 @@ def write_table1(rows: list[Row], out_dir: str, *, scale: str,
   csv_rows = [['method', 'experiment', 'parameters'] + [
       f'{k}{suffix}' for k in keys for suffix in ('', '_low', '_high')] + [
           f'{key}_tokens' for _, key in DOMAINS]]
+  # Bootstrap resamples of every row, drawn once (the "vs." rows pair them).
+  samples_of = {r.method: resampled(r) for r in list(rows) + list(references)}
   for r in list(rows) + list(references):
-    samples = resampled(r)
+    samples = samples_of[r.method]
     params = _params(r)
     lines.append(f'| {r.method} | {"-" if params is None else f"{params / 1e6:.3f} M"} | '
                  + ' | '.join(_cell(r.metrics[k], samples[k]) for k in keys) + ' |')
@@ -254,7 +256,7 @@ def write_table1(rows: list[Row], out_dir: str, *, scale: str,
                              for m in mode_recipes for b in baselines):
     if mode_row and baseline in by_method:
       base = by_method[baseline]
-      mode_samples, base_samples = resampled(mode_row), resampled(base)
+      mode_samples, base_samples = samples_of[mode_row.method], samples_of[base.method]
       deltas = ' | '.join(
           _cell(mode_row.metrics[k] - base.metrics[k], mode_samples[k] - base_samples[k])
           for k in keys)
