@@ -29,4 +29,7 @@ setuptools.setup(
     # paxml, praxis and lingvo (the [no-deps] section) are installed by tools/setup_env.sh with
     # --no-deps: their own pins cannot be met on Python 3.11.
     install_requires=_pins('resolved'),
+    # Cloud TPU workers only (the MPMD launcher's --dry-run plan installs it); `make setup`
+    # (tools/setup_env.sh) installs the CPU set: [resolved] and [no-deps].
+    extras_require={'tpu': _pins('tpu')},
 )

@@ -11,8 +11,11 @@ For every configuration (the `mode.sharding` experiments) it reports, per traini
       noisy, and XLA:CPU runs the multi-device programs of one process one at a time, so meshes
       do not overlap here and these times do not show the MPMD speed-up;
   (c) a projection for the paper-scale experiment on 8 TPU v5e from `mode_pax.mpmd.cost_model`
-      (its efficiency fitted on the paper's 1-mesh 329 ms), next to the paper's numbers.
-Writes sharding.md, sharding.csv and figure4.png to --out.
+      (`calibrated_projection`, the one --projection writes: its efficiency fitted on the
+      paper's 1-mesh 329 ms), next to the paper's numbers.
+Every configuration is projected; (a) and (b) are measured, (c) except three of its 30-layer
+one-mesh programs (`configs`: the table says why). Writes sharding.md, sharding.csv and
+figure4.png to --out.
 
 --flops: FLOPs of one step from the compiled programs (`mode_pax.mpmd.flops`), MPMD (with and
 without `prune_cotangents`, i.e. after and before block 0's input cotangent was dropped) against
@@ -50,23 +53,53 @@ from mode_pax.mpmd import flops as flops_lib
 from mode_pax.mpmd import model as model_lib
 
 PAPER_MS = {'ShardingMesh1': 329.0, 'ShardingMesh5': 204.0}  # Figure 4(a), Section 4.4 text
+OPTIMIZER_TEXT = '`optax.adam(1e-3)`'
 
 
-def configs(quick: bool):
-  """(study, label, experiment name, measure on CPU?) in plot order.
+def optimizer() -> optax.GradientTransformation:
+  """The optimizer of every trainer here (timed steps, collective counts, FLOPs), in place of
+  the experiment's praxis learner; sharding.md names it (OPTIMIZER_TEXT)."""
+  return optax.adam(1e-3)
 
-  Every point is projected; CPU measurements skip the one-mesh programs of many layers, which
-  XLA:CPU takes minutes to compile (8 virtual devices, 2 cores).
+
+# The one-mesh (SPMD) programs of study (c) hold 6 + 4 x 6 = 30 layers, and XLA:CPU's compile
+# time grows with the layers of a program: the first step of ShardingMerges1SpmdSmall took 185 s
+# here, measured once (`measure`, 8 virtual devices on 2 shared cores under load). The default
+# mode measures that one; the other three would add ~10 min to a ~16 min benchmark.
+COMPILE_30_LAYER_SPMD_S = 185
+MERGES_SPMD_MEASURED = (1,)
+
+
+def cpu_layers(name: str) -> int:
+  """Layers in the CPU-scale experiment of `name` (the one-mesh program holds all of them)."""
+  exp = build.experiment_instance(f'mode.sharding.{name}Small')
+  return exp.NUM_LAYERS + exp.NUM_DOMAIN_EXPERTS * exp.EXPERT_LAYERS * exp.NUM_BLOCKS
+
+
+def configs(quick: bool) -> list[tuple[str, str, str, str | None]]:
+  """(study, label, experiment name, why not measured on CPU or None) in plot order.
+
+  Every configuration is projected (`calibrated_projection`) and measured on CPU, except three
+  30-layer one-mesh programs of study (c) (compile time) and, with --quick, some sweep points.
   """
-  out = [('a', f'{n} mesh', f'ShardingMesh{n}', True) for n in (1, 3, 5)]
+  quick_reason = 'projected only: left out by --quick'
+  compile_reason = (f'projected only: {{layers}}-layer one-mesh program, '
+                    f'~{COMPILE_30_LAYER_SPMD_S / 60:.0f} min to compile on XLA:CPU here '
+                    f'(first step of {MERGES_SPMD_MEASURED[0]} merges SPMD: '
+                    f'{COMPILE_30_LAYER_SPMD_S} s, measured once); measured at '
+                    f'{MERGES_SPMD_MEASURED[0]} merge only')
+  out = [('a', f'{n} mesh', f'ShardingMesh{n}', None) for n in (1, 3, 5)]
   for added in (4, 8, 12, 16, 20):
-    cpu = added in ((4,) if quick else (4, 8))
-    out += [('b', f'{added} layers SPMD', f'ShardingExpertSize{added}Spmd', cpu),
-            ('b', f'{added} layers MPMD', f'ShardingExpertSize{added}Mpmd', cpu)]
+    skip = None if added in ((4,) if quick else (4, 8, 12, 16, 20)) else quick_reason
+    out += [('b', f'{added} layers SPMD', f'ShardingExpertSize{added}Spmd', skip),
+            ('b', f'{added} layers MPMD', f'ShardingExpertSize{added}Mpmd', skip)]
   for blocks in (1, 2, 3, 6):
-    out += [('c', f'{blocks} merges SPMD', f'ShardingMerges{blocks}Spmd', False),
-            ('c', f'{blocks} merges MPMD', f'ShardingMerges{blocks}Mpmd',
-             blocks in ((1, 6) if quick else (1, 2, 3, 6)))]
+    spmd, mpmd = f'ShardingMerges{blocks}Spmd', f'ShardingMerges{blocks}Mpmd'
+    out += [('c', f'{blocks} merges SPMD', spmd,
+             compile_reason.format(layers=cpu_layers(spmd))
+             if blocks not in MERGES_SPMD_MEASURED else quick_reason if quick else None),
+            ('c', f'{blocks} merges MPMD', mpmd,
+             None if blocks in ((1, 6) if quick else (1, 2, 3, 6)) else quick_reason)]
   return out
 
 
@@ -77,12 +110,15 @@ def measure(name: str, steps: int) -> dict:
   flat = pieces.init(specs)
   batch = model_lib.synthetic_batch(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH, exp.VOCAB_SIZE)
   plan = build.plan_of(exp)
-  optimizer = optax.adam(1e-3)
+  # Adam, not the experiment's praxis learner (`build.optimizer_of`, ShardedAdafactor): the same
+  # update the projection's collective counts (`count_collectives`) and its HBM-bound update
+  # (cost_model.UPDATE_BYTES_PER_PARAM) assume, for MPMD and SPMD alike.
+  opt = optimizer()
   if plan.is_spmd:
-    trainer = build.spmd_trainer(exp, optimizer=optimizer)
+    trainer = build.spmd_trainer(exp, optimizer=opt)
     moved = lambda: 0  # pylint: disable=unnecessary-lambda-assignment
   else:
-    trainer = build.mpmd_trainer(exp, optimizer=optimizer)
+    trainer = build.mpmd_trainer(exp, optimizer=opt)
     moved = lambda: trainer.transport.bytes_moved  # pylint: disable=unnecessary-lambda-assignment
   state = trainer.init_state(flat)
   trainer.recorder.enabled = True
@@ -121,21 +157,46 @@ def fitted_efficiency(counts=cost_model.CollectiveCounts(), hw=cost_model.TPU_V5
   return cost_model.fit_efficiency(arch, plan, cost_model.PAPER_SPMD_MS / 1e3, hw, counts)
 
 
-def project(name: str, efficiency: float | None = None, counts=cost_model.CollectiveCounts(),
+def project(name: str, efficiency: float, counts=cost_model.CollectiveCounts(),
             hw=cost_model.TPU_V5E, batch_size=None) -> dict:
   arch, plan = _arch_plan(name)
   if batch_size:
     arch = dataclasses.replace(arch, batch_size=batch_size)
-  if efficiency is None:
-    efficiency = fitted_efficiency(counts, hw, batch_size)
   parts = cost_model.project(arch, plan, efficiency, hw, counts)
   return {f'v5e_{k}_ms': 1e3 * v for k, v in parts.items() if k != 'critical_mesh'}
 
 
-def write_table(rows, out_dir):
-  cols = ['study', 'config', 'experiment', 'plan', 'meshes', 'hlo_bytes', 'moved_bytes',
-          'total_bytes', 'collectives', 'cpu_ms', 'v5e_step_ms', 'paper_ms', 'v5e_compute_ms',
-          'v5e_allreduce_ms', 'v5e_moves_ms', 'v5e_head_ms', 'first_step_s', 'loss']
+@dataclasses.dataclass
+class Projection:
+  """Every Figure 4 configuration projected for 8 TPU v5e (rows in `configs` order)."""
+  rows: list[dict]
+  efficiency: float
+  counts: cost_model.CollectiveCounts
+  hw: cost_model.Hardware
+
+
+def calibrated_projection(hw: cost_model.Hardware = cost_model.TPU_V5E) -> Projection:
+  """The calibrated projection, for both the default mode and --projection (one code path):
+  collectives counted in the compiled CPU-scale programs, efficiency fitted on the paper's
+  1-mesh 329 ms, every configuration projected."""
+  counts = count_collectives()
+  eta = fitted_efficiency(counts, hw)
+  rows = []
+  for study, label, name, _ in configs(quick=False):
+    row = dict(study=study, config=label, experiment=f'mode.sharding.{name}',
+               plan=build.plan_of(build.experiment_instance(f'mode.sharding.{name}')).spec(),
+               paper_ms=PAPER_MS.get(name, ''))
+    row.update(project(name, eta, counts, hw))
+    rows.append(row)
+  return Projection(rows, eta, counts, hw)
+
+
+def write_table(rows, proj: Projection, out_dir):
+  """sharding.{md,csv}: every configuration, measured on CPU or projected only (why)."""
+  cols = ['study', 'config', 'experiment', 'plan', 'meshes', 'cpu', 'hlo_bytes', 'moved_bytes',
+          'total_bytes', 'collectives', 'cpu_ms', 'first_step_s', 'loss', 'v5e_step_ms',
+          'paper_ms', 'v5e_compute_ms', 'v5e_allreduce_ms', 'v5e_latency_ms', 'v5e_moves_ms',
+          'v5e_head_ms', 'v5e_update_ms']
   with open(os.path.join(out_dir, 'sharding.csv'), 'w', newline='') as f:
     w = csv.DictWriter(f, cols, extrasaction='ignore')
     w.writeheader()
@@ -143,28 +204,38 @@ def write_table(rows, out_dir):
   lines = [
       '# MoDE sharding studies (paper Figure 4): communication, CPU step time, v5e projection',
       '',
-      'Bytes per training step at CPU scale (`mode.sharding.*Small`, deterministic): collective '
-      'operand bytes from the compiled HLO of every program (x its devices x its calls per step) '
-      'plus activation bytes moved between meshes. CPU ms: median step on 8 virtual CPU devices '
-      '(2 shared cores, noisy; XLA:CPU runs the multi-device programs of one process one at a '
-      'time, so meshes do not overlap and MPMD cannot be faster here). v5e ms: projection of the '
-      'paper-scale experiment on 8 TPU v5e by `mode_pax/mpmd/cost_model.py`, its one free '
-      'parameter fitted on the paper\'s 1-mesh 329 ms (projection.md has every Figure 4 '
-      'configuration, its constants and their sources). Rows: the configurations measured on '
-      'CPU.',
+      'Written by `.venv/bin/python benchmarks/mpmd_sharding.py` (figure: `figure4.png`). Every '
+      'configuration of Figure 4 (a, b, c) is a row; each is projected, and measured on CPU '
+      'unless its last column says why not.',
+      '',
+      '- **Bytes** per training step at CPU scale (`mode.sharding.*Small`, deterministic): '
+      'collective operand bytes from the compiled HLO of every program (x its devices x its '
+      'calls per step) plus activation bytes moved between meshes.',
+      '- **CPU ms**: median of the timed steps on 8 virtual CPU devices (2 shared cores with '
+      'other jobs: noisy). XLA:CPU runs the multi-device programs of one process one at a '
+      'time, so meshes do not overlap here: where MPMD is faster on CPU, it is by fewer '
+      'collectives and smaller programs, not by meshes running at once. *First step s*: the first '
+      'step, compile included. Every trainer (MPMD and SPMD) steps with '
+      f'{OPTIMIZER_TEXT} in place of the experiment\'s praxis learner (`build.optimizer_of`, '
+      'ShardedAdafactor): the update the projection\'s counts and cost model assume.',
+      '- **v5e projected ms**: the paper-scale experiment (`mode.sharding.*`, batch 16 x 1024: an '
+      'assumption) on 8 TPU v5e, from the same calibrated projection as `projection.md` '
+      '(`calibrated_projection` in the benchmark, `mode_pax/mpmd/cost_model.py`): collectives '
+      f'per layer pass counted in the compiled programs, efficiency {proj.efficiency:.2f} '
+      'fitted so that 1 mesh is the paper\'s 329 ms. Its parts, constants and their sources, '
+      'and its comparison with the paper: `projection.md`.',
       '',
       '| study | config | plan | HLO collective bytes | moved bytes | total bytes | CPU ms '
-      '(8 virtual devices) | v5e projected ms | paper ms |',
-      '|---|---|---|---:|---:|---:|---:|---:|---:|']
+      '(8 virtual devices) | first step s | v5e projected ms | paper ms | CPU |',
+      '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|']
   def fmt(r, key, spec):
-    return format(r[key], spec) if key in r else 'not run'
+    return format(r[key], spec) if key in r else ''
   for r in rows:
-    if 'cpu_ms' not in r:
-      continue  # projected only: projection.md
     lines.append(
         f"| {r['study']} | {r['config']} | `{r['plan']}` | {fmt(r, 'hlo_bytes', ',')} | "
         f"{fmt(r, 'moved_bytes', ',')} | {fmt(r, 'total_bytes', ',')} | "
-        f"{fmt(r, 'cpu_ms', '.1f')} | {r['v5e_step_ms']:.0f} | {r['paper_ms'] or ''} |")
+        f"{fmt(r, 'cpu_ms', '.1f')} | {fmt(r, 'first_step_s', '.0f')} | "
+        f"{r['v5e_step_ms']:.0f} | {r['paper_ms'] or ''} | {r['cpu']} |")
   with open(os.path.join(out_dir, 'sharding.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   return '\n'.join(lines)
@@ -227,13 +298,13 @@ def flops_report(out_dir: str) -> str:
     plan = build.plan_of(exp)
     runs = []
     if plan.is_spmd:
-      trainer = build.spmd_trainer(exp, optimizer=optax.adam(1e-3))
+      trainer = build.spmd_trainer(exp, optimizer=optimizer())
       runs.append(('SPMD step', flops_lib.spmd_step_flops(trainer, trainer.init_state(flat),
                                                             batch)))
       spmd_total = runs[-1][1]
     # MPMD under the same plan (for mesh1: every branch on the one mesh, SPMD's sharding).
     for prune, tag in ((False, 'MPMD before (d/dx everywhere)'), (True, 'MPMD after')):
-      trainer = build.mpmd_trainer(exp, optimizer=optax.adam(1e-3))
+      trainer = build.mpmd_trainer(exp, optimizer=optimizer())
       trainer.prune_cotangents = prune
       runs.append((tag, flops_lib.mpmd_step_flops(trainer, trainer.init_state(flat), batch)))
     for tag, counts in runs:
@@ -285,7 +356,7 @@ def count_collectives() -> cost_model.CollectiveCounts:
   pieces, specs = build.pieces_of(exp)
   flat = pieces.init(specs)
   batch = model_lib.synthetic_batch(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH, exp.VOCAB_SIZE)
-  trainer = build.mpmd_trainer(exp, optimizer=optax.adam(1e-3))
+  trainer = build.mpmd_trainer(exp, optimizer=optimizer())
   state = trainer.init_state(flat)
   trainer.recorder.enabled = True
   trainer.step(state, batch)
@@ -314,16 +385,8 @@ PAPER_TEXT = {
 
 
 def projection_report(out_dir: str) -> str:
-  counts = count_collectives()
-  hw = cost_model.TPU_V5E
-  eta = fitted_efficiency(counts, hw)
-  rows = []
-  for study, label, name, _ in configs(quick=False):
-    row = dict(study=study, config=label, experiment=f'mode.sharding.{name}',
-               plan=build.plan_of(build.experiment_instance(f'mode.sharding.{name}')).spec(),
-               paper_ms=PAPER_MS.get(name, ''))
-    row.update(project(name, eta, counts, hw))
-    rows.append(row)
+  proj = calibrated_projection()
+  counts, hw, eta, rows = proj.counts, proj.hw, proj.efficiency, proj.rows
   by = {r['config']: r for r in rows}
   cols = ['study', 'config', 'experiment', 'plan', 'paper_ms', 'v5e_step_ms', 'v5e_compute_ms',
           'v5e_allreduce_ms', 'v5e_latency_ms', 'v5e_moves_ms', 'v5e_head_ms', 'v5e_update_ms']
@@ -480,19 +543,20 @@ def main(argv=None):
     if args.projection:
       print(projection_report(args.out))
     return
-  rows = []
-  for study, label, name, cpu in configs(args.quick):
+  t0 = time.perf_counter()
+  proj = calibrated_projection()
+  print(f'projection: efficiency {proj.efficiency:.2f} ({time.perf_counter() - t0:.0f} s)',
+        flush=True)
+  rows = proj.rows
+  for row, (_, label, name, skip) in zip(rows, configs(args.quick)):
     t0 = time.perf_counter()
-    row = dict(study=study, config=label, experiment=f'mode.sharding.{name}',
-               paper_ms=PAPER_MS.get(name), plan=build.plan_of(
-                   build.experiment_instance(f'mode.sharding.{name}')).spec())
-    row.update(measure(name, args.steps) if cpu else {})
-    row.update(project(name))
-    rows.append(row)
+    row['cpu'] = skip or 'measured'
+    if skip is None:
+      row.update(measure(name, args.steps))
     print(f'{label:>20}: {row.get("total_bytes", "-"):>12} B/step  cpu '
           f'{row.get("cpu_ms", float("nan")):7.1f} ms  v5e {row["v5e_step_ms"]:6.0f} ms  '
           f'({time.perf_counter() - t0:.0f} s)', flush=True)
-  print(write_table(rows, args.out))
+  print(write_table(rows, proj, args.out))
   plot(rows, args.out)
   one = next(r for r in rows if r['config'] == '1 mesh')
   five = next(r for r in rows if r['config'] == '5 mesh')

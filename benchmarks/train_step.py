@@ -3,6 +3,9 @@ r"""Train-step throughput: Pax's step vs. a hand-written JAX step; expert vs. fu
   nice -n 19 .venv/bin/python benchmarks/train_step.py [--scale small] [--rounds 15] [--steps 1] \
       [--warmup 2] [--out results/train_step_<scale>.md]
   .venv/bin/python benchmarks/train_step.py --scale smollm2 --rounds 5   # SmolLM2-135M
+  # A setting compared in one run: Experiment[ATTR=VALUE,...] overrides class attributes.
+  .venv/bin/python benchmarks/train_step.py --out '' --configs \
+      'pax:Backbone,pax:Backbone[EMBEDDING_LOOKUP_STYLE=None,SOFTMAX_CHUNK_SIZE=None]'
 
 Measures, in ONE process and on one synthetic batch (exp.TRAIN_BATCH_SIZE x exp.SEQUENCE_LENGTH
 random token ids, no padding; a step-time benchmark, the data pipeline has its own):
@@ -41,7 +44,9 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import argparse  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import ast
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -75,9 +80,36 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int) -> py_utils.
   return lm_batch.lm_batch(ids, np.roll(ids, -1, axis=1))
 
 
+def experiment_class(spec: str, scale: str = 'small') -> type:
+  """The registered experiment `mode.<scale>.Name` of a spec 'Name' or 'Name[ATTR=VALUE,...]',
+  the latter a subclass with those class attributes overridden (VALUE: a Python literal, or a
+  bare word read as a string), to compare a setting in one run."""
+  match = re.fullmatch(r'(\w+)(?:\[(.*)\])?', spec)
+  if not match:
+    raise ValueError(f'{spec!r}: expected Experiment or Experiment[ATTR=VALUE,...].')
+  cls = registry.lookup(f'mode.{scale}.{match.group(1)}')
+  overrides = {}
+  for item in filter(None, (match.group(2) or '').split(',')):
+    attr, sep, value = (x.strip() for x in item.partition('='))
+    if not sep or not hasattr(cls, attr):
+      raise ValueError(f'{spec!r}: {item!r} is not ATTR=VALUE with ATTR a class attribute of '
+                       f'{cls.__name__} (e.g. SOFTMAX_CHUNK_SIZE=None).')
+    try:
+      overrides[attr] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[attr] = value
+  return type(cls.__name__, (cls,), overrides) if overrides else cls
+
+
+def split_configs(configs: str) -> list[str]:
+  """'pax:A,jax:B[X=1,Y=2]' -> ['pax:A', 'jax:B[X=1,Y=2]'] (commas inside [...] kept)."""
+  return [c.strip() for c in re.findall(r'(?:[^,\[]|\[[^\]]*\])+', configs) if c.strip()]
+
+
 def build_task(name: str, scale: str = 'small'):
-  """(instantiated Pax task, experiment) of a registered experiment, with no warm start."""
-  exp = registry.lookup(f'mode.{scale}.{name}')()
+  """(instantiated Pax task, experiment) of an experiment spec (`experiment_class`), with no
+  warm start."""
+  exp = experiment_class(name, scale)()
   task_p = exp.task()
   task_p.train.init_from_checkpoint_rules = {}
   return base_layer.instantiate(task_p), exp
@@ -231,6 +263,8 @@ def main(argv=None):
                       help='Experiments of mode.<scale>.')
   parser.add_argument('--configs', default=None,
                       help='Comma-separated {pax,jax,fwd}:Experiment (mode.<scale>.Experiment); '
+                      'Experiment[ATTR=VALUE,...] overrides class attributes, e.g. '
+                      '"pax:Backbone,pax:Backbone[SOFTMAX_CHUNK_SIZE=None]"; '
                       'default: the scale\'s (DEFAULT_CONFIGS).')
   parser.add_argument('--out', default=None,
                       help="Markdown report ('' to only print); default "
@@ -247,13 +281,18 @@ def main(argv=None):
   flags.FLAGS.mark_as_parsed()  # paxml library calls read absl flags
 
   configs = args.configs if args.configs is not None else ','.join(DEFAULT_CONFIGS[args.scale])
-  names = [c.strip() for c in configs.split(',') if c.strip()]
+  names = split_configs(configs)
+  for cfg in names:  # bad names fail here, before any compiling
+    kind, _, exp_name = cfg.partition(':')
+    if kind not in ('pax', 'jax', 'fwd'):
+      raise ValueError(f'--configs: {cfg!r} is not pax:, jax: or fwd:<Experiment>.')
+    experiment_class(exp_name, args.scale)
   if args.out is None:
     args.out = f'results/train_step_{args.scale}.md'
   tasks, states, steppers, compile_s, tokens, first_loss = {}, {}, {}, {}, {}, {}
   start = time.perf_counter()
   for cfg in names:
-    kind, exp_name = cfg.split(':')
+    kind, exp_name = cfg.split(':', 1)
     if exp_name not in tasks:
       task, exp = build_task(exp_name, args.scale)
       batch = synthetic_batch(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH, exp.VOCAB_SIZE)
@@ -279,7 +318,7 @@ def main(argv=None):
   steppers[peak_name] = MatmulPeak()
   steppers[peak_name]()
   names.append(peak_name)
-  flops_per_token = {c: model_flops_per_token(tasks[c.split(':')[1]][2]) for c in names
+  flops_per_token = {c: model_flops_per_token(tasks[c.split(':', 1)[1]][2]) for c in names
                      if c.startswith('pax:')}
   times = {cfg: [] for cfg in names}
   round_medians = {cfg: [] for cfg in names}

@@ -92,11 +92,13 @@ class MathExpertGateInit(CodeExpertGateInit):
 
 
 class ComposeMathCodeGateInit(ComposeMathCode):
-  """MoDE 2x Experts from the gate-initialised experts; the composition's gates start at weight
-  p on the backbone too (zero weights: the experts' single-domain gates are not reused)."""
+  """MoDE 2x Experts from the gate-initialised experts; the composition's gates start from the
+  experts' trained single-domain gates (GATES_FROM_EXPERTS; chosen over zero weights at p on the
+  backbone on the validation splits, study compose_gates)."""
   LABEL = 'MoDE 2x Experts, gates start at the backbone'
   PAPER_PARAMS_B = None  # our row, not the paper's
   GATE_INITIAL_BACKBONE_WEIGHT = 0.9
+  GATES_FROM_EXPERTS = True
   EXPERTS = ('MathExpertGateInit', 'CodeExpertGateInit')
 
 

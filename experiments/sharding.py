@@ -83,3 +83,44 @@ def _register():
 
 FIGURE_4A = ('ShardingMesh1', 'ShardingMesh3', 'ShardingMesh5')
 globals().update(_register())
+
+
+class ShardingTwoProcess(SmallShardingScale, ShardingStudy):
+  """Measured MPMD on 2 CPU processes, one core each (`benchmarks/mpmd_two_process.py`).
+
+  Backbone (home) on device 0, one expert on device 1, 2 blocks. Balanced per step, not per
+  block: the frozen backbone runs 3 layers forward in both blocks and their input cotangent in
+  block 1 only (9 layer passes); the trainable expert runs 2 layers forward and their weight
+  gradients in both blocks and the input cotangent in block 1 (10). d = 256 and 4 x 128 tokens:
+  the one-process step takes ~0.4 s on one core, so compute dominates per-program overheads.
+  """
+  NUM_LAYERS = 6
+  MODEL_DIMS = 256
+  HIDDEN_DIMS = 1024
+  NUM_HEADS = 8
+  DIMS_PER_HEAD = 32
+  VOCAB_SIZE = 512
+  TRAIN_BATCH_SIZE = 4
+  SEQUENCE_LENGTH = 128
+  NUM_DOMAIN_EXPERTS = 1
+  NUM_BLOCKS = 2
+  EXPERT_LAYERS = 2
+  ICI_MESH_SHAPE = [1, 1, 2]
+  MESH_PLAN = '0|1'
+  NUM_DEVICES = 2
+
+
+class ShardingTwoProcessTiny(ShardingTwoProcess):
+  """The CI size of `ShardingTwoProcess` (tests/test_mpmd_two_process.py): compiles in seconds."""
+  NUM_LAYERS = 4
+  MODEL_DIMS = 32
+  HIDDEN_DIMS = 64
+  NUM_HEADS = 4
+  DIMS_PER_HEAD = 8
+  VOCAB_SIZE = 64
+  TRAIN_BATCH_SIZE = 2
+  SEQUENCE_LENGTH = 16
+  EXPERT_LAYERS = 1
+
+
+globals().update(registry.register([ShardingTwoProcess, ShardingTwoProcessTiny]))

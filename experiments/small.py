@@ -28,6 +28,15 @@ class SmallScale:
   FPROP_DTYPE = jnp.float32  # bfloat16 is slow on CPUs
   SCAN_LAYERS = True  # each block's layers compile once (see above)
   SCAN_CHECKPOINT_POLICY = repeats.AutodiffCheckpointType.SAVE_EVERYTHING  # no recompute (CPU)
+  # The output layer, computed for a CPU (same model and loss; mode_pax.experiment): about half
+  # the train step went to [tokens, vocab] passes (one-hot lookup matmuls, softmax, a transposed
+  # gradient copy). Looked up by index and chunked into 16 positions, the Backbone step took
+  # 598 ms instead of 749 (median, one interleaved run on the loaded machine; 19% instead of
+  # 15% of the matmul peak): `python benchmarks/train_step.py --out '' --configs
+  # 'pax:Backbone,pax:Backbone[EMBEDDING_LOOKUP_STYLE=None,SOFTMAX_CHUNK_SIZE=None]'`.
+  # With a chunk, Pax's predictions carry no logits/log_probs (per-token xent and argmax only).
+  EMBEDDING_LOOKUP_STYLE = 'index'
+  SOFTMAX_CHUNK_SIZE = 16
   NUM_BLOCKS = 3
   EXPERT_LAYERS = 1
   ICI_MESH_SHAPE = [1, 1, 1]
@@ -51,7 +60,7 @@ class SmallScale:
 SWEEPS = studies.Sweeps(lora_ranks=(4, 16, 64), code_sizes=(100, 300, 1000),
                         mixture_sizes=(100,), expert_layer_counts=(1, 2, 3),
                         gate_init_weights=(0.5, 0.9, 0.99),
-                        backbone_learning_rates=(1e-3, 3e-3))
+                        backbone_learning_rates=(1e-3, 3e-3), backbone_steps=(2000,))
 globals().update(recipes.register_all(
     SmallScale, __name__, SWEEPS,
     # Pre-training from scratch needs more steps than adapting, and a higher learning rate:
@@ -60,7 +69,9 @@ globals().update(recipes.register_all(
     stage_overrides={
         'Backbone': dict(MAX_STEPS=500, WARMUP_STEPS=50, LEARNING_RATE=1e-2),
         # Gates that start at the backbone: weight 0.5, the best validation average of the
-        # gate_init study (results/gate_init_small.md); its expert runs are reused.
+        # gate_init study (results/gate_init_small.md); its expert runs are reused. The
+        # composition's gates start from theirs (GATES_FROM_EXPERTS, the recipe's): validation
+        # average 14.42 against 14.07 with zero weights (results/compose_gates_small.md).
         'ComposeMathCodeGateInit': dict(GATE_INITIAL_BACKBONE_WEIGHT=0.5,
                                         EXPERTS=('MathExpertGate50', 'CodeExpertGate50')),
         'CodeExpertGateInit': dict(GATE_INITIAL_BACKBONE_WEIGHT=0.5),

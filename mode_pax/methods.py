@@ -7,10 +7,14 @@ experts') checkpoints fill the model. Adding a method means adding a class here.
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import Sequence
 
 from mode_pax import experiment
 from mode_pax import naming
+from mode_pax import paths
+from mode_pax import registry
 from mode_pax.layers import lora
 from mode_pax.layers import mode
 
@@ -54,6 +58,11 @@ class MoDE(experiment.LmExperiment):
   # None: gates start as the paper leaves them (praxis' random Linear). p in (0, 1): our option,
   # each gate starts at weight p on the backbone for every token (MoDEGate).
   GATE_INITIAL_BACKBONE_WEIGHT: float | None = None
+  # False: a composition's gates start as above. True, our option for compositions: each expert's
+  # gate logit relative to the backbone's starts where its single-domain run's gate ended
+  # (`mode_pax.convert --expert_gates` composes them into `expert_gates_dir()`; the pipeline does
+  # it before training).
+  GATES_FROM_EXPERTS = False
 
   def adapt_lm(self, lm_tpl):
     mode_lm = mode.to_mode_lm(lm_tpl, num_blocks=self.NUM_BLOCKS,
@@ -70,6 +79,40 @@ class MoDE(experiment.LmExperiment):
     if self.SCAN_LAYERS:  # the backbone run is stored in the same blocks
       return list(naming.BLOCKED_BACKBONE_RULES), ()
     return naming.backbone_from_transformer_lm(self.NUM_LAYERS, self.NUM_BLOCKS), ()
+
+  def expert_gates_dir(self) -> str:
+    """Folder of the checkpoint with the gates composed from the EXPERTS' runs (in the run's
+    folder, beside Pax's own checkpoints)."""
+    return os.path.join(paths.run_dir(registry.experiment_name(type(self))), 'expert_gates')
+
+  def warm_start_rules(self):
+    rules = super().warm_start_rules()
+    if self.GATES_FROM_EXPERTS:
+      self._check_gates_from_experts()
+      same_model = copy.copy(self)
+      same_model.GATES_FROM_EXPERTS = False  # its task is this one's, without this rule
+      # The checkpoint holds the gates only: Pax restores just the variables a rule matches.
+      rules[self.expert_gates_dir()] = self.loading_rules(
+          same_model, [(r'(params/lm/transformer/blocks_\d+/gate/.*)', '{}')])
+    return rules
+
+  def check_upstream_runs(self) -> None:
+    super().check_upstream_runs()
+    if self.GATES_FROM_EXPERTS and paths.latest_checkpoint_step(self.expert_gates_dir()) is None:
+      name = registry.experiment_name(type(self))
+      raise FileNotFoundError(
+          f'{type(self).__name__} starts its gates from its experts\' gates '
+          f'(GATES_FROM_EXPERTS), composed into {self.expert_gates_dir()}, which has no '
+          f'checkpoint: python -m mode_pax.convert --expert_gates --exp={name} '
+          f'--out={self.expert_gates_dir()} (or the pipeline, which does it).')
+
+  def _check_gates_from_experts(self) -> None:
+    if len(self.EXPERTS) != self.NUM_DOMAIN_EXPERTS or self.NUM_DOMAIN_EXPERTS < 2:
+      raise ValueError(
+          f'{type(self).__name__}: GATES_FROM_EXPERTS composes the gates of one expert run per '
+          f'expert, but it has {len(self.EXPERTS)} EXPERTS for NUM_DOMAIN_EXPERTS='
+          f'{self.NUM_DOMAIN_EXPERTS}; give a composition (NUM_DOMAIN_EXPERTS >= 2, one EXPERTS '
+          'run each) or set GATES_FROM_EXPERTS = False.')
 
   def expert_load_rules(self, index: int):
     if len(self.EXPERTS) > self.NUM_DOMAIN_EXPERTS:

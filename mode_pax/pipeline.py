@@ -17,6 +17,7 @@ from concurrent import futures
 import importlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -165,6 +166,20 @@ def convert_stage(module: str, name: str, job_log_dir: str) -> None:
   _log(f'convert {name}: finished in {time.time() - start:.0f} s')
 
 
+def expert_gates_stage(module: str, name: str) -> None:
+  """A composition's gates composed from its experts' runs (MoDE.GATES_FROM_EXPERTS), written
+  afresh before its training starts (the experts' runs are upstream stages, trained before)."""
+  experiment = registry.lookup(f'{module}.{name}')()
+  out = experiment.expert_gates_dir()
+  if os.path.exists(out):  # from an earlier start, maybe of other expert runs: recompose
+    shutil.rmtree(out)
+  os.makedirs(out)
+  _log(f'compose {name}: the gates of {", ".join(map(str, experiment.EXPERTS))} -> {out}')
+  cmd = [sys.executable, '-m', 'mode_pax.convert', '--expert_gates', f'--exp={module}.{name}',
+         f'--out={out}']
+  _run_logged(cmd, os.path.join(os.path.dirname(out), 'convert_log.txt'))
+
+
 def train_stage(module: str, name: str) -> None:
   experiment_cls = registry.lookup(f'{module}.{name}')
   job_log_dir = paths.run_dir(registry.experiment_name(experiment_cls))
@@ -176,6 +191,8 @@ def train_stage(module: str, name: str) -> None:
   if experiment_cls.PRETRAINED:
     convert_stage(module, name, job_log_dir)
     return
+  if getattr(experiment_cls, 'GATES_FROM_EXPERTS', False) and step is None:
+    expert_gates_stage(module, name)
   start = time.time()
   _log(f'train {name}: {"resuming at step " + str(step) if step else "starting"}, '
        f'{target} steps -> {job_log_dir}')

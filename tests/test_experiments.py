@@ -12,10 +12,12 @@ import time
 import jax
 import numpy as np
 from praxis import base_layer
+from praxis import pax_fiddle
 import pytest
 
 from mode import recipes
 from mode_pax import checkpoints
+from mode_pax import convert
 from mode_pax import evaluate
 from mode_pax import lm_batch
 from mode_pax import naming
@@ -27,6 +29,7 @@ from mode_pax import results
 from mode_pax import trees
 from mode_pax.data import build as build_lib
 from mode_pax.data import tasks
+from mode_pax.layers import mode as mode_layers
 from tests import run_env
 from tests import test_data
 from tests import tiny_experiments
@@ -42,8 +45,8 @@ def runs(tmp_path_factory):
   runs_dir = tmp_path_factory.mktemp('runs')
   with run_env.pointed_at(data_dir, runs_dir):
     # Upstream runs (Backbone, the experts) come in through the stages' BACKBONE and EXPERTS.
-    pipeline.run_stages(MODULE, ['ComposeMathCode', 'FrozenExpertsMathCode', 'LoraMathCode'],
-                        jobs=2)
+    pipeline.run_stages(MODULE, ['ComposeMathCode', 'FrozenExpertsMathCode', 'LoraMathCode',
+                                 'ComposeMathCodeGatesOfExperts'], jobs=2)
     yield runs_dir
 
 
@@ -109,6 +112,46 @@ def test_composition_provenance_names_each_upstream_run(runs):
   assert origin(naming.experts(0)) == {_dir('MathExpert')}
   assert origin(naming.experts(1)) == {_dir('CodeExpert')}
   assert origin(naming.GATES) == {'random_init'}
+
+
+def _gate_weights(variables, block, num_outputs, x, p=None):
+  """Block `block`'s MoDEGate weights for inputs x, from its variables (an independent layer)."""
+  gate = base_layer.instantiate(pax_fiddle.Config(
+      mode_layers.MoDEGate, name='gate', input_dims=x.shape[-1], num_outputs=num_outputs,
+      initial_backbone_weight=p))
+  prefix = f'params/lm/transformer/blocks_{block}/gate/'
+  params = trees.unflatten({k[len(prefix):]: v for k, v in variables.items()
+                            if k.startswith(prefix)})
+  return np.asarray(gate.apply({'params': params}, x))
+
+
+def test_composition_gates_start_where_the_experts_gates_ended(runs):
+  """GATES_FROM_EXPERTS: at step 0 each expert's weight relative to the backbone's is what its
+  single-domain run's trained gate gives, for any token (softmax: w_e / w_b = exp(l_e - l_b))."""
+  del runs
+  name = 'ComposeMathCodeGatesOfExperts'
+  start = checkpoints.read_variables(paths.checkpoint_dir(_dir(name)), 0)
+  provenance = checkpoints.read_provenance(_dir(name))
+  assert {v.rsplit(':', 1)[0] for k, v in provenance.items()
+          if re.fullmatch(naming.GATES, k)} == {os.path.join(_dir(name), 'expert_gates')}
+  x = np.random.RandomState(0).normal(size=(5, 32)).astype(np.float32)
+  for block in range(2):
+    composed = _gate_weights(start, block, 3, x)
+    for j, source in enumerate(('MathExpert', 'CodeExpert')):
+      single = _gate_weights(_vars(source), block, 2, x)
+      np.testing.assert_allclose(composed[:, j + 1] / composed[:, 0], single[:, 1] / single[:, 0],
+                                 rtol=1e-5)
+    # Not the random start of the paper-literal composition: the rule did load them.
+    random_start = checkpoints.read_variables(paths.checkpoint_dir(_dir('ComposeMathCode')), 0)
+    assert not np.allclose(_gate_weights(random_start, block, 3, x), composed)
+
+
+def test_expert_gates_refuse_a_run_that_is_not_a_composition(runs):
+  del runs
+  with pytest.raises(ValueError, match=r'GATES_FROM_EXPERTS composes .* 0 EXPERTS for '
+                     r'NUM_DOMAIN_EXPERTS=1'):
+    convert.expert_gates(experiment=registry.lookup(f'{MODULE}.MathExpert')(),
+                         out='/nonexistent/never-written')
 
 
 def test_frozen_experts_stay_their_single_domain_selves(runs):

@@ -3,14 +3,18 @@
 Cheap: dry runs and plan checks only (abstract init of tiny models; nothing trains).
 """
 
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from launch import mpmd_checkpoint
 from launch import mpmd_launch
 from launch import topology
+from mode_pax import convert
 from mode_pax.mpmd import plan as plan_lib
 from mode_pax.mpmd import testing
 
@@ -51,11 +55,17 @@ def test_unknown_tpu_type_lists_the_choices_before_importing_jax():
   assert 'imported: []' in proc.stderr, proc.stderr
 
 
-def test_tpu_without_dry_run_is_refused(capsys):
+def test_tpu_with_local_processes_is_refused(capsys):
   with pytest.raises(SystemExit) as exit_:
-    mpmd_launch.main(['--exp', TINY, '--tpu', 'v5litepod-8'])
+    mpmd_launch.main(['--exp', TINY, '--tpu', 'v5litepod-8', '--local_processes', '8'])
   assert exit_.value.code == 2
   assert '--tpu=v5litepod-8 is for --dry-run' in capsys.readouterr().err
+
+
+def test_checkpoint_every_needs_a_job_log_dir(capsys):
+  with pytest.raises(SystemExit):
+    mpmd_launch.main(['--exp', TINY, '--checkpoint_every', '2'])
+  assert '--checkpoint_every=2' in capsys.readouterr().err
 
 
 def test_an_experiments_unknown_tpu_type_is_named(capsys, monkeypatch):
@@ -72,7 +82,8 @@ def test_dry_run_names_the_chips_and_hosts_left_idle(capsys):
   assert ('idle: chips 8-15 get no work (host(s) 2-3 hold no mesh: their launcher processes '
           'only join jax.distributed); plan mesh5 uses 8 of the 16 chips. To leave none idle, '
           'run on --tpu=v5litepod-8 (8 chips), or give --plan a spec for 16 devices.') in out
-  assert out.count('gcloud compute tpus tpu-vm ssh') == 4  # every host still starts a process
+  # Every host still starts a process: one command starts the launcher on all workers.
+  assert out.count('launch.mpmd_launch') == 1 and out.count('--worker=all') == 3
   # A chip inside a host: no smaller slice helps.
   code, out, _ = _dry_run(capsys, TINY, 'v5litepod-8', '--plan', '0-3|4|5|6|6')
   assert code == 0
@@ -155,12 +166,96 @@ def test_supervisor_checks_the_plan_before_starting_workers(capsys, popen, tmp_p
   assert not popen and not out.exists()  # no worker started, nothing written
 
 
-def test_supervisor_names_idle_workers(capsys, popen, tmp_path):
-  with pytest.raises(_Started):
-    mpmd_launch.main(['--exp', TINY2, '--local_processes', '4', '--out', str(tmp_path)])
-  assert len(popen) == 1
-  assert 'note: workers [3] get no work: plan custom (0,1|2|2) uses devices [0, 1, 2] of the ' \
-         '4.' in capsys.readouterr().out
+def test_supervisor_refuses_idle_workers(capsys, popen, tmp_path):
+  # TinyMoDE2 is written for 3 devices: a fourth CPU worker would only wait.
+  assert mpmd_launch.main(['--exp', TINY2, '--local_processes', '4', '--data', 'synthetic',
+                           '--out', str(tmp_path / 'out')]) == 2
+  err = capsys.readouterr().err
+  assert ('--local_processes=4: plan custom (0,1|2|2) uses devices [0, 1, 2], so workers [3] '
+          'would get no work (the experiment is written for NUM_DEVICES=3): give '
+          '--local_processes=3.') in err, err
+  assert not popen and not (tmp_path / 'out').exists()
+
+
+def test_supervisor_refuses_an_experiment_without_training_input(capsys, popen):
+  assert mpmd_launch.main(['--exp', TINY2, '--local_processes', '3']) == 2
+  err = capsys.readouterr().err
+  assert 'has no training input' in err and '--data=synthetic' in err, err
+  assert not popen
+
+
+def _fake_run(job, step=2, info=None):
+  """A job_log_dir with a checkpoint folder (and the launcher's run info, unless None)."""
+  (job / 'checkpoints' / f'checkpoint_{step:08d}').mkdir(parents=True)
+  if info is not None:
+    (job / mpmd_checkpoint.RUN_INFO).write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize('saved,extra,words', [
+    # Written under another plan: the optimizer state is keyed by mesh.
+    (dict(experiment=TINY2, plan='0|1|2', optimizer='sgd', learning_rate='0.1'), [],
+     ["plan: checkpoint '0|1|2', this run '0,1|2|2'", 'Resume it with --plan=0|1|2, or']),
+    (dict(experiment=TINY, plan='0,1|2|2', optimizer='sgd', learning_rate='0.1'), [],
+     ['experiment: checkpoint', f'Resume it with --exp={TINY}, or']),
+    (dict(experiment=TINY2, plan='0,1|2|2', optimizer='adam', learning_rate='0.01'), [],
+     ["optimizer: checkpoint 'adam', this run 'sgd'; learning_rate: checkpoint '0.01', this run "
+      "'0.1'", 'Resume it with --optimizer=adam --learning_rate=0.01, or']),
+    # Checkpoints another program wrote (e.g. paxml.main).
+    (None, [], ['that no MPMD launcher run wrote', '--init_from=']),
+])
+def test_supervisor_refuses_a_resume_that_does_not_fit(capsys, popen, tmp_path, saved, extra,
+                                                       words):
+  job = tmp_path / 'run'
+  _fake_run(job, info=saved)
+  assert mpmd_launch.main(['--exp', TINY2, '--local_processes', '3', '--data', 'synthetic',
+                           '--optimizer', 'sgd', '--learning_rate', '0.1', '--job_log_dir',
+                           str(job), *extra]) == 2
+  err = capsys.readouterr().err
+  assert f'cannot resume from {job} (step 2)' in err or 'no MPMD launcher run' in err, err
+  for w in words:
+    assert w in err, err
+  assert not popen
+
+
+def test_a_checkpoint_of_another_model_is_named(tmp_path):
+  job = tmp_path / 'run'
+  convert.write_pax_checkpoint({'params/lm/a': np.zeros(3, np.float32),
+                                'params/lm/b': np.zeros((2, 2), np.float32)},
+                               str(job / 'checkpoints'), step=2)
+  with pytest.raises(mpmd_checkpoint.ResumeError) as err:
+    mpmd_checkpoint.check_variables(str(job), 2, {'params/lm/a': (3,), 'params/lm/b': (2, 3),
+                                                  'params/lm/c': (1,)})
+  message = str(err.value)
+  assert "missing ['params/lm/c']" in message
+  assert 'params/lm/b: model (2, 3), checkpoint (2, 2)' in message
+  mpmd_checkpoint.check_variables(str(job), 2, {'params/lm/a': (3,), 'params/lm/b': (2, 2)})
+
+
+class _Device:
+  def __init__(self, id_, process_index, coords=None):
+    self.id, self.process_index = id_, process_index
+    if coords is not None:
+      self.coords = coords
+
+
+def test_worker_placement_check():
+  plan = plan_lib.get_plan('0,1|2|2', num_devices=3)
+  # One CPU device per process, in process order: fits.
+  assert topology.check_placement(plan, [_Device(i, i) for i in range(3)], lambda i: i) == []
+  # Device 2 (the experts' mesh) owned by process 1: named.
+  devices = [_Device(0, 0), _Device(1, 1), _Device(2, 1)]
+  assert topology.check_placement(plan, devices, lambda i: i) == [
+      'device 2 (id 2) belongs to process 1, the plan puts it on process 2']
+  # A v5litepod-16: host and chip of each planned device (host 0 holds chips (0..1, 0..1)).
+  tpu = topology.get_slice('v5litepod-16')
+  plan = plan_lib.get_plan('0-3|4|5|6|7', num_devices=16)
+  good = [_Device(i, tpu.host_of(i), (*tpu.chip_coords(i), 0)) for i in range(16)]
+  assert topology.check_placement(plan, good, tpu.host_of, tpu.chip_coords) == []
+  swapped = list(good)
+  swapped[1], swapped[2] = good[2], good[1]
+  problems = topology.check_placement(plan, swapped, tpu.host_of, tpu.chip_coords)
+  assert problems == ['device 1 (id 2) is chip (0, 1), the plan expects chip (1, 0)',
+                      'device 2 (id 1) is chip (1, 0), the plan expects chip (0, 1)']
 
 
 def test_negative_local_processes_is_refused(capsys):
@@ -180,3 +275,22 @@ def test_idle_chips_and_hosts():
   assert topology.smallest_slice_for(5, topology.get_slice('v4-8')).accelerator_type == 'v4-16'
   with pytest.raises(ValueError, match="unknown TPU type 'v6e-8'; choose one of: v5litepod-1"):
     topology.get_slice('v6e-8')
+
+
+def test_tpu_extra_pins_the_cpu_sets_jax_and_stays_out_of_the_cpu_setup():
+  sections, current = {}, None
+  with open(os.path.join(ROOT, 'pins.txt')) as f:
+    for line in f:
+      line = line.strip()
+      if line.startswith('['):
+        current = sections.setdefault(line.strip('[]'), [])
+      elif line and not line.startswith('#'):
+        current.append(line)
+  jax_pin = next(p for p in sections['resolved'] if p.startswith('jax=='))
+  assert sections['tpu'] == [f'jax[tpu]=={jax_pin.split("==")[1]}']
+  with open(os.path.join(ROOT, 'setup.py')) as f:
+    assert "extras_require={'tpu': _pins('tpu')}" in f.read()
+  with open(os.path.join(ROOT, 'tools', 'setup_env.sh')) as f:
+    installed = [line for line in f if line.startswith('pip_install')]
+  assert any('section resolved' in line for line in installed)
+  assert not any('tpu' in line for line in installed)

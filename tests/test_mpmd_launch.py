@@ -1,4 +1,6 @@
-"""The multi-controller launcher: local CPU processes match one process; failures do not hang."""
+"""The multi-controller launcher: local CPU processes match one process; failures do not hang;
+runs on the experiment's data write Pax checkpoints that Pax evaluates and that a killed run
+resumes from."""
 
 import ast
 import json
@@ -10,20 +12,30 @@ import time
 
 import numpy as np
 import optax
+import pytest
+import tensorstore as ts
 
 from launch import mpmd_launch
+from mode_pax import evaluate
+from mode_pax import paths
+from mode_pax.data import build as build_lib
 from mode_pax.mpmd import build
 from mode_pax.mpmd import model as model_lib
+from tests import test_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXP = 'mode_pax.mpmd.testing.TinyMoDE2'  # backbone on devices 0,1; both experts on device 2
+ON_DATA = 'tests.tiny_mpmd_experiments.TinyMoDEOnData'  # backbone on 0, experts on 1
 STEPS = 2
 
 
-def _launch(out, *extra, timeout=150):
-  cmd = [sys.executable, '-m', 'launch.mpmd_launch', '--exp', EXP, '--local_processes', '3',
-         '--steps', str(STEPS), '--optimizer', 'sgd', '--learning_rate', '0.1', '--out',
-         str(out), '--timeout', str(timeout), *extra]
+SGD = ('--optimizer', 'sgd', '--learning_rate', '0.1')  # as optax.sgd(0.1, momentum=0.9)
+
+
+def _launch(out, *extra, timeout=150, exp=EXP, processes=3, steps=STEPS, optimizer=SGD):
+  cmd = [sys.executable, '-m', 'launch.mpmd_launch', '--exp', exp, '--local_processes',
+         str(processes), '--steps', str(steps), *optimizer, '--out', str(out), '--timeout',
+         str(timeout), *extra]
   t0 = time.monotonic()
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30,
                         check=False)
@@ -38,8 +50,16 @@ def _launch(out, *extra, timeout=150):
   return proc, time.monotonic() - t0
 
 
+def _state(job_log_dir, step) -> dict[str, np.ndarray]:
+  """Every array of a Pax checkpoint (mdl_vars and opt_states), read with tensorstore."""
+  folder = os.path.join(paths.checkpoint_dir(str(job_log_dir)), f'checkpoint_{step:08d}', 'state')
+  return {name: ts.open({'driver': 'zarr', 'kvstore': {
+      'driver': 'file', 'path': os.path.join(folder, name)}}).result().read().result()
+          for name in sorted(os.listdir(folder))}
+
+
 def test_three_processes_match_one_process(tmp_path):
-  proc, _ = _launch(tmp_path)
+  proc, _ = _launch(tmp_path, '--data', 'synthetic', '--job_log_dir', str(tmp_path / 'run'))
   assert proc.returncode == 0, proc.stdout + proc.stderr
   # The same plan, seed, batches and optimizer in this one process (8 virtual devices).
   trainer = build.mpmd_trainer(EXP, optimizer=optax.sgd(0.1, momentum=0.9))
@@ -58,19 +78,13 @@ def test_three_processes_match_one_process(tmp_path):
     assert result['bytes_moved_per_step'] == trainer.transport.bytes_moved > 0
     if i < 2:  # processes of the home mesh report the loss
       np.testing.assert_allclose(result['losses'], losses, rtol=1e-5)
-  reference = {}
-  for mesh_state in state.values():
-    for path, value in mesh_state['params'].items():
-      for s in value.addressable_shards:
-        reference.setdefault(f'{path}|{s.index}', np.asarray(s.data))
-  compared = 0
-  for i in range(3):
-    with np.load(tmp_path / f'process_{i}.npz') as shards:
-      for key in shards.files:
-        np.testing.assert_allclose(shards[key], reference[key], rtol=1e-5, atol=1e-6,
-                                   err_msg=key)
-        compared += 1
-  assert compared >= len({k.split('|')[0] for k in reference})
+  # The Pax checkpoint the three processes wrote together holds this process's variables.
+  saved = _state(tmp_path / 'run', STEPS)
+  reference = trainer.host_params(state)
+  for path, value in reference.items():
+    np.testing.assert_allclose(saved['mdl_vars.' + path.replace('/', '.')], value, rtol=1e-5,
+                               atol=1e-6, err_msg=path)
+  assert len([k for k in saved if k.startswith('mdl_vars.')]) == len(reference)
   # The training the processes did (equal to this one's) lowered the loss of the batch of step 0:
   # 4.79 -> 4.30 here, far beyond fp32 noise; a skipped update leaves it equal. (The loss of step
   # 1 is that of another random batch, so it says nothing about progress.)
@@ -84,7 +98,8 @@ def test_a_dead_worker_stops_the_others(tmp_path):
   # Worker 2 (the experts' mesh) dies before its first step: workers 0 and 1 would wait for it
   # in the first activation move forever.
   # The supervisor's timeout would say 'timeout'; the failure itself must be what stops the run.
-  proc, seconds = _launch(tmp_path, '--fail_at_step', '0', '--fail_process', '2', timeout=200)
+  proc, seconds = _launch(tmp_path, '--data', 'synthetic', '--fail_at_step', '0', '--fail_process',
+                          '2', timeout=200)
   assert proc.returncode == 1
   assert 'worker 2' in proc.stderr and 'exited with code 17' in proc.stderr, proc.stderr
   assert 'stopping the other workers' in proc.stderr and 'timeout' not in proc.stderr
@@ -98,8 +113,14 @@ def test_dry_run_maps_meshes_onto_tpu_hosts(capsys):
   assert '4 host(s) x 4 chips' in out
   assert 'mesh 0: devices [0, 1, 2, 3] chips [(0, 0), (1, 0), (0, 1), (1, 1)] host(s) [0]' in out
   assert 'mesh 4: devices [7]' in out and 'expert 3' in out
-  assert out.count('gcloud compute tpus tpu-vm ssh tpu1 --zone=z --worker=') == 4
-  assert '--process_id=3 --num_processes=4' in out
+  # Ship the code, set up every worker, then start all of them together; each checks that the
+  # plan's devices are on the hosts and chips of --tpu before it runs.
+  assert 'gcloud compute tpus tpu-vm scp /tmp/mode_pax.tgz tpu1:~/ --zone=z --worker=all' in out
+  assert f'tar czf /tmp/mode_pax.tgz -C {ROOT} ' in out
+  assert "tools/setup_env.sh && .venv/bin/pip install -e '.[tpu]' -f " in out
+  run = [line for line in out.splitlines() if 'launch.mpmd_launch' in line]
+  assert len(run) == 1 and 'ssh tpu1 --zone=z --worker=all' in run[0], out
+  assert '--worker --tpu=v5litepod-16' in run[0] and '--process_id' not in run[0]
   # The study is written for 8 chips (NUM_DEVICES): the dry run says the other 8 idle.
   assert 'idle: chips 8-15 get no work (host(s) 2-3 hold no mesh' in out
   # One host: one process. (A tiny model: the plan check's abstract init is ~10 s at paper scale.)
@@ -107,3 +128,61 @@ def test_dry_run_maps_meshes_onto_tpu_hosts(capsys):
                            '--dry-run']) == 0
   out = capsys.readouterr().out
   assert 'single controller' in out and 'idle' not in out
+
+
+# ---- real data, Pax checkpoints, resume -----------------------------------------------------------
+@pytest.fixture(scope='module')
+def fixture_data(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('data')
+  build_lib.build(test_data._config(data_dir))  # pylint: disable=protected-access
+  return data_dir
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(fixture_data, tmp_path,
+                                                                      monkeypatch):
+  """Two workers train TinyMoDEOnData on the fixture corpus (its seqio task, as paxml.main reads
+  it) and checkpoint at step 2; worker 1 dies at step 3; the relaunch resumes from step 2. The
+  final checkpoint equals that of an uninterrupted single-controller run (this process), variables
+  and optimizer state, and mode_pax.evaluate scores it (reading it as a Pax checkpoint of the
+  experiment's Pax model)."""
+  job = tmp_path / 'run'
+  # The data build (run_env.pointed_at would also clear XLA_FLAGS: this process's reference run
+  # needs conftest's 8 devices; the supervisor gives each worker its one device).
+  monkeypatch.setenv('MODE_PAX_DATA_DIR', str(fixture_data))
+  monkeypatch.setenv('MODE_PAX_RUNS', str(tmp_path / 'runs'))
+  # The experiment's own learner (Adafactor, schedule, clipping across the two processes).
+  common = ('--exp', ON_DATA, '--steps', '4', '--checkpoint_every', '2')
+  run_flags = ('--job_log_dir', str(job), '--checkpoint_every', '2')
+  killed, _ = _launch(tmp_path / 'killed', *run_flags, '--fail_at_step', '3', '--fail_process',
+                      '1', exp=ON_DATA, processes=2, steps=4, optimizer=())
+  assert killed.returncode == 1 and 'exited with code 17' in killed.stderr, killed.stderr
+  assert paths.latest_checkpoint_step(paths.checkpoint_dir(str(job))) == 2
+  resumed, _ = _launch(tmp_path / 'resumed', *run_flags, exp=ON_DATA, processes=2, steps=4,
+                       optimizer=())
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  log = (tmp_path / 'resumed' / 'worker_0.log').read_text()
+  assert 'resumed from step 2' in log and 'step 1:' not in log, log
+  reference = tmp_path / 'reference'
+  assert mpmd_launch.main([*common, '--job_log_dir', str(reference), '--out',
+                           str(tmp_path / 'reference_out')]) == 0
+  accuracy, num_tokens = evaluate.evaluate_text(ON_DATA, 'def f(x):\n    return x + 1\n',
+                                                job_log_dir=str(job), batch_size=4)
+  assert 0.0 <= accuracy <= 1.0 and num_tokens > 5
+  with open(tmp_path / 'resumed' / 'process_0.json') as f:
+    resumed_losses = json.load(f)['losses']
+  with open(tmp_path / 'reference_out' / 'process_0.json') as f:
+    reference_losses = json.load(f)['losses']
+  np.testing.assert_allclose(resumed_losses, reference_losses[2:], rtol=1e-6)
+  final, uninterrupted = _state(job, 4), _state(reference, 4)
+  assert sorted(final) == sorted(uninterrupted)
+  opt = [k for k in final if k.startswith('opt_states')]
+  assert any('mesh_0' in k for k in opt) and any('mesh_1' in k for k in opt)
+  for name, value in uninterrupted.items():
+    np.testing.assert_allclose(final[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+  # Steps 2-3 trained (after the resume): an expert moved, the frozen backbone did not.
+  before = _state(job, 2)
+  layer = 'x_layers_0.ff_layer.ffn_layer1.linear.w'
+  expert = f'mdl_vars.params.lm.transformer.blocks_0.experts_1.{layer}'
+  backbone = f'mdl_vars.params.lm.transformer.blocks_0.backbone.{layer}'
+  assert np.abs(final[expert] - before[expert]).max() > 1e-4
+  np.testing.assert_array_equal(final[backbone], before[backbone])

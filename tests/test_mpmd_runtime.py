@@ -1,8 +1,11 @@
-"""The MPMD train step equals the SPMD step (loss, gradients, updated variables) on 8 devices."""
+"""The MPMD train step equals the SPMD step (loss, gradients, updated variables) on 8 devices,
+and with the experiment's learner, paxml's own train step."""
 
+import functools
 import re
 
 import jax
+from jax import numpy as jnp
 import numpy as np
 import optax
 from paxml import checkpoints as pax_checkpoints
@@ -21,6 +24,7 @@ from mode_pax.mpmd import flops
 from mode_pax.mpmd import model as model_lib
 from mode_pax.mpmd import transfer
 from mode_pax.mpmd import testing
+from mode_pax.trees import flatten
 
 EXP = testing.TinyMoDE
 STEPS = 2
@@ -332,3 +336,92 @@ def test_safe_load_refuses_rules_that_map_nothing_as_pax_does(init_vars, load_ru
         mapping_fn(names, load_rules, [], safe_load=True)
     else:
       assert mapping_fn(names, load_rules, [], safe_load=True) == {n: n for n in names}
+
+
+class TinyMoDELearner(testing.TinyMoDE):
+  """TinyMoDE (2 backbone layers, 2 experts) on 3 meshes (backbone on devices 0-1, one expert on
+  device 2, one on 3) with a learner whose every part acts within 4 steps: learning rate 0
+  (warm-up), 1e-2, 1e-2, 1e-3 (decay); weight decay 0.5; clipping at 0.5 (norms are ~1.5)."""
+  NUM_LAYERS = 2
+  NUM_DOMAIN_EXPERTS = 2
+  MESH_PLAN = '0,1|2|3'
+  NUM_DEVICES = 4
+  LEARNING_RATE = 1e-2
+  WARMUP_STEPS = 1
+  MAX_STEPS = 3
+  WEIGHT_DECAY = 0.5
+  CLIP_GRADIENT_NORM_TO_VALUE = 0.5
+
+  def task(self):
+    task_p = super().task()
+    # Fewer summaries for paxml's step (compile time): the gates' (verbosity 2) stay.
+    task_p.summary_verbosity = 2
+    task_p.train.variable_norm_summary = False
+    # Adafactor's momentum in float32, not int8: an int8 rounding boundary turns a 1-ulp gradient
+    # difference (other program boundaries than paxml's) into 1/127 of the momentum's scale
+    # (2e-5 in the variables after 4 steps, against 4e-8 in float32).
+    task_p.train.learner.optimizer.quantized_dtype = 'float32'
+    return task_p
+
+
+LEARNER_STEPS = 4
+
+
+def _paxml_steps(batches):
+  """paxml's own train step (trainer_lib.train_step_single_learner) of TinyMoDELearner from
+  paxml's initial state: (initial variables, [(loss, summaries, variables) per step])."""
+  exp = TinyMoDELearner()
+  task = base_hyperparams.instantiate(exp.task())
+  specs = model_lib.input_specs(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH)
+  state, _ = trainer_lib.initialize_model_state(task, jax.random.PRNGKey(5), specs,
+                                                do_init_checkpoint_rules=False)
+  init = {k: np.asarray(v) for k, v in flatten(state.mdl_vars).items()}
+  step = jax.jit(functools.partial(trainer_lib.train_step_single_learner, task,
+                                   fprop_dtype=jnp.float32))
+  out = []
+  with common.make_mesh([0]):  # one device: the same arithmetic, the fastest compile
+    state = jax.device_put(state, jax.devices()[0])
+    for batch in batches:
+      state, step_out = step(state, jax.random.PRNGKey(0), model_lib.batch_to_map(batch))
+      out.append((float(step_out.loss), {k: float(v) for k, v in step_out.summary_tensors.items()},
+                  {k: np.asarray(v) for k, v in flatten(state.mdl_vars).items()}))
+  return init, out
+
+
+def test_learner_steps_equal_paxml_train_steps():
+  """MPMD (3 meshes) and SPMD steps with the experiment's learner (ShardedAdafactor, schedule,
+  weight decay, clipping by the norm over all meshes) equal paxml's own train steps."""
+  exp = TinyMoDELearner()
+  batches = [model_lib.synthetic_batch(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH,
+                                       exp.VOCAB_SIZE, seed=s) for s in range(LEARNER_STEPS)]
+  init, pax = _paxml_steps(batches)
+  lr = [summaries['learning/lr_aggregate_scalar'] for _, summaries, _ in pax]
+  scale = [summaries['learning/grad_scale_aggregate_scalar'] for _, summaries, _ in pax]
+  assert lr[0] == 0 < lr[1] and lr[3] < lr[2], lr  # warm-up, then decay
+  assert max(scale) < 0.5, scale  # clipping acts on every step
+  gate_keys = {f'lm/transformer/blocks_{b}/gate_weight_{w}_scalar'
+               for b in range(exp.NUM_BLOCKS) for w in ('backbone', 'expert_0', 'expert_1')}
+  learner_keys = {f'{k}_aggregate_scalar' for k in (
+      'lr', 'learning/lr', 'learning/raw_grad_norm', 'learning/grad_scale',
+      'learning/clipped_grad_norm', 'learning/is_valid_step', 'learning/var_norm')}
+  trainers = {'mpmd': build.mpmd_trainer(TinyMoDELearner), 'spmd': build.spmd_trainer(
+      TinyMoDELearner, [0, 1])}
+  assert len(trainers['mpmd'].meshes) == 3
+  for name, trainer in trainers.items():
+    state = trainer.init_state(init)
+    for i, batch in enumerate(batches):
+      state, out = trainer.train_step(state, batch)
+      pax_loss, pax_summaries, pax_vars = pax[i]
+      where = f'{name} step {i}'
+      np.testing.assert_allclose(float(out.loss), pax_loss, rtol=1e-6, err_msg=where)
+      assert set(out.summaries) >= gate_keys | learner_keys, where
+      for key, value in out.summaries.items():
+        np.testing.assert_allclose(float(value), pax_summaries[key], rtol=1e-5,
+                                   err_msg=f'{where}: {key}')
+      params = (trainer.host_params(state) if name == 'mpmd' else
+                {k: np.asarray(v) for part in ('train', 'frozen') for k, v in state[part].items()})
+      assert set(params) == set(pax_vars)
+      for path, value in pax_vars.items():
+        np.testing.assert_allclose(params[path], value, rtol=1e-5, atol=1e-7,
+                                   err_msg=f'{where}: {path}')
+    assert trainer.step_count(state) == LEARNER_STEPS

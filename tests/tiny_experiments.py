@@ -72,3 +72,11 @@ class ResumableMathExpert(MathExpert):  # pylint: disable=undefined-variable
 
 
 registry.register([ResumableMathExpert])
+
+
+class ComposeMathCodeGatesOfExperts(ComposeMathCode):  # pylint: disable=undefined-variable
+  """ComposeMathCode whose gates start from its experts' (random-start) single-domain gates."""
+  GATES_FROM_EXPERTS = True
+
+
+registry.register([ComposeMathCodeGatesOfExperts])

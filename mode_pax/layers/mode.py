@@ -57,6 +57,13 @@ def mix_branches(gate_weights: JTensor, branch_outputs: Sequence[JTensor]) -> JT
   return mixed
 
 
+def gate_backbone_logit_offset(initial_backbone_weight: float | None, num_experts: int) -> float:
+  """The constant a MoDEGate adds to the backbone's logit: softmax([c, 0, ..., 0]) puts weight p
+  on the backbone for c = log(p N / (1 - p)); 0 for the paper's gate (p None)."""
+  p = initial_backbone_weight
+  return 0.0 if p is None else math.log(p * num_experts / (1.0 - p))
+
+
 class MoDEGate(base_layer.BaseLayer):
   """Token-level gate softmax(Linear(x)) of paper Eq. 2.
 
@@ -99,8 +106,7 @@ class MoDEGate(base_layer.BaseLayer):
 
   def backbone_logit_offset(self) -> float:
     """The constant added to the backbone's logit (0 unless initial_backbone_weight is set)."""
-    p = self.initial_backbone_weight
-    return 0.0 if p is None else math.log(p * (self.num_outputs - 1) / (1.0 - p))
+    return gate_backbone_logit_offset(self.initial_backbone_weight, self.num_outputs - 1)
 
   def __call__(self, inputs: JTensor) -> JTensor:
     """Returns [..., num_outputs] weights that sum to 1 over the last axis."""
@@ -158,6 +164,11 @@ class MoDEBlock(base_layer.BaseLayer):
     outputs = self.branch_outputs(inputs, paddings, segment_mask, segment_pos)
     if not self.num_experts:
       return outputs[0]
+    return self.merge(inputs, paddings, outputs)
+
+  def merge(self, inputs: JTensor, paddings: JTensor, outputs: Sequence[JTensor]) -> JTensor:
+    """Eq. 1 on the branch outputs (f_bb(x), f_1(x), ...); writes the gate summaries (the
+    mean gate weight of each branch over non-padded tokens). The MPMD runtime calls it alone."""
     weights = self.gate(inputs)
     non_pad = (1.0 - paddings.astype(jnp.float32))[..., None]
     mean_weights = jnp.sum(weights * non_pad, axis=(0, 1)) / jnp.maximum(jnp.sum(non_pad), 1.0)

@@ -11,8 +11,10 @@ from typing import Sequence
 
 import jax
 import optax
+from paxml import learners as learners_lib
 
 from mode_pax import registry
+from mode_pax.mpmd import learner as learner_lib
 from mode_pax.mpmd import model as model_lib
 from mode_pax.mpmd import plan as plan_lib
 from mode_pax.mpmd import runtime
@@ -28,7 +30,8 @@ def experiment_instance(exp) -> object:
 def pieces_of(exp) -> tuple[model_lib.MoDEPieces, object]:
   """(MoDEPieces, batch specs) of an experiment (class, name or instance)."""
   exp = experiment_instance(exp)
-  pieces = model_lib.MoDEPieces(exp.task().model)
+  task_p = exp.task()
+  pieces = model_lib.MoDEPieces(task_p.model, summary_verbosity=task_p.summary_verbosity)
   return pieces, model_lib.input_specs(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH)
 
 
@@ -68,14 +71,19 @@ def checked_plan(exp, plan: str | plan_lib.MeshPlan | None = None, *,
   return out
 
 
-def optimizer_of(exp) -> optax.GradientTransformation:
-  """Adam at the experiment's learning rate (the Pax runs use Adafactor; both sides match)."""
-  return optax.adam(experiment_instance(exp).LEARNING_RATE)
+def optimizer_of(exp) -> learners_lib.Learner:
+  """The experiment's own praxis learner (`task.train.learner`), as paxml's train step uses it:
+  its optimizer (ShardedAdafactor for LmExperiment), learning-rate schedule, weight decay and
+  gradient clipping (see mpmd/learner.py)."""
+  return learner_lib.learner_of(experiment_instance(exp).task())
 
 
-def mpmd_trainer(exp, plan=None, *, optimizer=None, trainable: Sequence[str] | None = None,
+def mpmd_trainer(exp, plan=None, *,
+                 optimizer: learners_lib.Learner | optax.GradientTransformation | None = None,
+                 trainable: Sequence[str] | None = None,
                  transport: transfer.Transport | None = None) -> runtime.MpmdTrainer:
-  """The MPMD trainer of an experiment under its (or the given) mesh plan."""
+  """The MPMD trainer of an experiment under its (or the given) mesh plan; optimizer: default
+  the experiment's learner (`optimizer_of`), or an optax transformation replacing it."""
   inst = experiment_instance(exp)
   pieces, specs = pieces_of(inst)
   plan = plan_of(inst, plan)
@@ -85,9 +93,10 @@ def mpmd_trainer(exp, plan=None, *, optimizer=None, trainable: Sequence[str] | N
       transport=transport)
 
 
-def spmd_trainer(exp, device_ids: Sequence[int] | None = None, *, optimizer=None,
+def spmd_trainer(exp, device_ids: Sequence[int] | None = None, *,
+                 optimizer: learners_lib.Learner | optax.GradientTransformation | None = None,
                  trainable: Sequence[str] | None = None) -> spmd.SpmdTrainer:
-  """The one-mesh SPMD reference trainer of an experiment."""
+  """The one-mesh SPMD reference trainer of an experiment (optimizer as for `mpmd_trainer`)."""
   inst = experiment_instance(exp)
   pieces, specs = pieces_of(inst)
   ids = list(range(len(jax.devices()))) if device_ids is None else list(device_ids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -46,17 +46,38 @@ def place_tree(tree, mesh: Mesh):
 
 
 def init_opt_state(optimizer, host_train: dict, mesh: Mesh, specs: dict):
-  """Optimizer state initialised on the host and placed on `mesh`: leaves that belong to a
-  variable (e.g. Adam's mu and nu) are sharded like it, the rest (counts) replicated."""
+  """Optimizer state initialised on the host (`optimizer.init`) and placed on `mesh`: leaves of
+  a variable's shape under its path (e.g. Adam's mu and nu, Adafactor's momentum) are sharded
+  like it, the rest (counts, Adafactor's factored row and column statistics) replicated."""
   host = jax.tree_util.tree_map(np.asarray, optimizer.init(host_train))
 
   def leaf(path, value):
     for key in reversed(path):
       name = getattr(key, 'key', None)
       if isinstance(name, str) and name in specs:
-        return place(value, mesh, specs[name])
+        if value.shape == np.shape(host_train[name]):
+          return place(value, mesh, specs[name])
+        break
     return place(value, mesh)
   return jax.tree_util.tree_map_with_path(leaf, host)
+
+
+class StepOutput(NamedTuple):
+  """What one train step returns besides the new state (paxml's StepFnOutput, in part).
+
+  Attributes:
+    loss: The LanguageModel's total_loss (None where this process has no home mesh).
+    metrics: The LanguageModel's metrics (None likewise).
+    grads: Raw gradients of the trainable variables ({path: array}; the MPMD trainer keys them
+      by mesh: {mesh: {path: array}}).
+    summaries: Summaries named as paxml's train step names them: the gates'
+      ('lm/transformer/blocks_0/gate_weight_expert_1_scalar', ...) and the learner's
+      ('learning/lr_aggregate_scalar', 'learning/raw_grad_norm_aggregate_scalar', ...).
+  """
+  loss: Any
+  metrics: Any
+  grads: Any
+  summaries: dict[str, Any]
 
 
 def is_trainable(path: str, trainable: Sequence[str]) -> bool:

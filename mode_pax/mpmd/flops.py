@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mode_pax.mpmd import common
@@ -118,15 +117,14 @@ def spmd_step_flops(trainer, state, batch, counts=COUNTS) -> dict[str, StepFlops
   """count ('lowered', 'compiled') -> FLOPs of one step of `trainer` (an `SpmdTrainer`;
   compiles, runs nothing)."""
   placed = trainer.place_batch(batch)
-  pieces, optimizer = trainer.pieces, trainer.optimizer
+  pieces = trainer.pieces
   with trainer.mesh:
     stages = {
         'step': trainer._step.lower(state, placed),  # pylint: disable=protected-access
         'forward': jax.jit(lambda st, b: pieces.full_loss({**st['train'], **st['frozen']}, b))
                    .lower(state, placed),
-        'update': jax.jit(lambda train, opt, grads: optax.apply_updates(
-            train, optimizer.update(grads, opt, train)[0])).lower(
-                state['train'], state['opt'], state['train']),
+        'update': jax.jit(trainer.apply_update).lower(
+            state['train'], state['opt'], state['train']),
     }
     out = {}
     for count in counts:

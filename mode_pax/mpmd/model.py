@@ -10,7 +10,7 @@ Pieces (branch variables are given relative to the branch, so that all blocks sh
   embed:    outside variables, batch -> block-0 input x (home mesh)
   backbone: backbone vars of one block, x -> f_bb(x)
   expert:   vars of one expert of one block, x -> f_j(x)
-  merge:    gate vars of one block, x, f_bb(x), [f_j(x)] -> Eq. 1
+  merge:    gate vars of one block, x, paddings, f_bb(x), [f_j(x)] -> Eq. 1, gate summaries
   head:     outside variables, x, batch -> LanguageModel's total_loss and metrics
 """
 
@@ -37,6 +37,8 @@ NestedMap = py_utils.NestedMap
 Flat = dict[str, Any]
 
 TRANSFORMER = 'params/lm/transformer/'
+# Where a block's summaries live in paxml's summary names (flatten_flax_summaries).
+BLOCK_SUMMARY_PREFIX = 'lm/transformer/blocks_{}/'
 BRANCH_RE = re.compile(r'params/lm/transformer/blocks_(\d+)/(backbone|gate|experts_(\d+))/(.*)')
 
 
@@ -52,6 +54,13 @@ def _praxis_private(layer, what: str, *args, **kwargs):
   """
   method = {'predict_data': '_prepare_predict_data', 'input': '_prepare_input'}[what]
   return getattr(layer, method)(*args, **kwargs)
+
+
+def _summaries(updated_vars) -> Flat:
+  """The summaries collection of `apply(..., mutable=[SUMMARIES])`, named as paxml's
+  `summary_utils.flatten_flax_summaries` names them ('/'-joined; that module imports
+  TensorFlow, which the runtime does not need)."""
+  return flatten(updated_vars.get(base_layer.SUMMARIES, {}))
 
 
 def branch_prefix(block: int, branch: str) -> str:
@@ -72,7 +81,7 @@ class MoDEPieces:
     num_blocks, num_experts: B and N of the MoDE stack.
   """
 
-  def __init__(self, model_tpl: pax_fiddle.Config):
+  def __init__(self, model_tpl: pax_fiddle.Config, summary_verbosity: int = 3):
     lm_tpl = model_tpl.lm_tpl
     if pax_fiddle.get_callable(lm_tpl) is not mode.MoDELm:
       raise ValueError('The MPMD runtime needs a LanguageModel whose lm_tpl is a MoDELm '
@@ -86,6 +95,8 @@ class MoDEPieces:
       raise ValueError('The MPMD runtime runs without dropout (the paper-scale LM has none): set '
                        'DROPOUT_PROB = 0.')
     self.model_tpl = model_tpl
+    # The task's summary_verbosity: which layer summaries the step keeps (as paxml's train step).
+    self.summary_verbosity = summary_verbosity
     self.model = base_layer.instantiate(model_tpl)
     self.num_blocks = stack.num_blocks
     self.num_experts = stack.num_domain_experts
@@ -140,6 +151,10 @@ class MoDEPieces:
     return out
 
   # ---- pieces (pure functions, called inside jit) --------------------------------------------
+  def _summary_context(self):
+    return base_layer.JaxContext.new_context(hparams=base_layer.JaxContext.HParams(
+        do_eval=False, summary_verbosity=self.summary_verbosity))
+
   def _apply(self, flat: Flat, fn, *args):
     return self.model.apply(unflatten(flat), *args, method=fn, rngs=self._rngs())
 
@@ -182,16 +197,23 @@ class MoDEPieces:
     return self._apply(flat, lambda m, *a: m.lm.transformer.blocks[0].experts[0](
         a[0], a[1], segment_mask=a[2], segment_pos=a[3]), x, paddings, segment_mask, segment_pos)
 
-  def merge(self, gate_rel: Flat, x, backbone_out, expert_outs: Sequence[Any]):
-    """Eq. 1 with the block's gate: sum_j g(x)_j * branch_j."""
+  def merge(self, gate_rel: Flat, x, paddings, backbone_out, expert_outs: Sequence[Any]):
+    """Eq. 1 with the block's gate (`MoDEBlock.merge`): (sum_j g(x)_j * branch_j, summaries).
+
+    summaries: what the block writes (the mean gate weight of each branch), keyed by their
+    name inside the block, e.g. 'gate_weight_backbone_scalar'.
+    """
     flat = {branch_prefix(0, 'gate') + k: v for k, v in gate_rel.items()}
 
-    def fn(m, x, outs):
-      block = m.lm.transformer.blocks[0]
-      mixed = mode.mix_branches(block.gate(x), outs)
-      return base_layer.maybe_shard(mixed, block.activation_split_dims_mapping.out,
-                                    block.mesh_axis_names)
-    return self._apply(flat, fn, x, [backbone_out] + list(expert_outs))
+    def fn(m, x, paddings, outs):
+      return m.lm.transformer.blocks[0].merge(x, paddings, outs)
+    with self._summary_context():
+      mixed, updated = self.model.apply(
+          unflatten(flat), x, paddings, [backbone_out] + list(expert_outs), method=fn,
+          rngs=self._rngs(), mutable=[base_layer.SUMMARIES])
+    prefix = BLOCK_SUMMARY_PREFIX.format(0)
+    summaries = _summaries(updated)
+    return mixed, {k[len(prefix):]: v for k, v in summaries.items()}
 
   def head(self, outside: Flat, x, batch):
     """Final norm, softmax and LanguageModel.compute_loss: (total_loss, metrics)."""
@@ -208,8 +230,17 @@ class MoDEPieces:
 
   def full_loss(self, flat: Flat, batch):
     """The whole praxis LanguageModel forward (the SPMD reference): (total_loss, metrics)."""
-    metrics, _ = self.model.apply(unflatten(flat), batch_to_map(batch), rngs=self._rngs())
-    return metrics['total_loss'][0], {k: v[0] for k, v in metrics.items()}
+    loss, (metrics, _) = self.full_loss_and_summaries(flat, batch)
+    return loss, metrics
+
+  def full_loss_and_summaries(self, flat: Flat, batch):
+    """(total_loss, (metrics, summaries)): summaries are the layers' (e.g. the gates'), keyed as
+    paxml's train step keys them (e.g. 'lm/transformer/blocks_0/gate_weight_backbone_scalar')."""
+    with self._summary_context():
+      (metrics, _), updated = self.model.apply(unflatten(flat), batch_to_map(batch),
+                                               rngs=self._rngs(), mutable=[base_layer.SUMMARIES])
+    summaries = _summaries(updated)
+    return metrics['total_loss'][0], ({k: v[0] for k, v in metrics.items()}, summaries)
 
 
 def input_specs(batch_size: int, seq_len: int) -> NestedMap:

@@ -6,7 +6,14 @@ by all blocks: their variables have the same shapes):
   home mesh (backbone's):  embed fwd/bwd, backbone fwd/bwd, merge fwd/bwd (gate + Eq. 1), head
                            (final norm, softmax, LanguageModel loss, value_and_grad), adds
   each expert mesh:        experts fwd/bwd (the experts placed on it), inputs
-  every mesh:              the optimizer update of the variables that live on it
+  every mesh:              the learner's update of the variables that live on it
+
+The optimizer is the experiment's own praxis learner (`task.train.learner`, e.g. ShardedAdafactor
+with its learning-rate schedule and weight decay; see `mpmd/learner.py`), applied per mesh to the
+variables that live there; its global-norm gradient clipping uses the norm over all meshes: each
+mesh sends its sums of squares (two scalars) to the home mesh, which adds them and sends the
+total back, with the same transport as the activations. An optax transformation given as
+`optimizer` replaces the learner (no clipping, no cross-mesh reduction).
 
 Forward programs return `jax.vjp`'s pullback (a pytree of residuals living on that mesh); the
 backward programs apply it, so nothing is recomputed and residuals never leave their mesh. A
@@ -31,9 +38,11 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 import optax
+from paxml import learners as learners_lib
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mode_pax.mpmd import common
+from mode_pax.mpmd import learner as learner_lib
 from mode_pax.mpmd import model as model_lib
 from mode_pax.mpmd import plan as plan_lib
 from mode_pax.mpmd import transfer
@@ -72,23 +81,25 @@ class _BlockGrads:
         any(f) for f in self.experts.values())
 
 
-def _vjp(fn, primals: Sequence[Any], wrt: Sequence[bool]):
+def _vjp(fn, primals: Sequence[Any], wrt: Sequence[bool], has_aux: bool = False):
   """`jax.vjp` of fn with respect to the primals flagged in `wrt` only.
 
   The others enter as constants: no tangent reaches them, so the pullback neither computes nor
   returns their cotangents (XLA is not relied on to drop dead outputs). No flag: the plain
-  forward, and the pullback is None.
+  forward, and the pullback is None. has_aux: fn returns (output, aux), as for jax.vjp.
 
   Returns:
-    (fn(*primals), pullback returning the cotangents of the flagged primals, in order).
+    (fn(*primals), pullback returning the cotangents of the flagged primals, in order), and aux
+    last when has_aux.
   """
   if not any(wrt):
-    return fn(*primals), None
+    out = fn(*primals)
+    return (out[0], None, out[1]) if has_aux else (out, None)
 
   def diff_fn(*diff):
     it = iter(diff)
     return fn(*[next(it) if w else p for p, w in zip(primals, wrt)])
-  return jax.vjp(diff_fn, *[p for p, w in zip(primals, wrt) if w])
+  return jax.vjp(diff_fn, *[p for p, w in zip(primals, wrt) if w], has_aux=has_aux)
 
 
 def _unpack(cotangents, wrt: Sequence[bool]) -> list:
@@ -111,6 +122,8 @@ class MpmdTrainer:
 
   Attributes:
     pieces: The praxis MoDE model cut into pieces.
+    optimizer: The experiment's praxis learner (`paxml.learners.Learner`), or an optax
+      transformation that replaces it.
     prune_cotangents: Differentiate only what reaches a trainable variable (default). False
       differentiates every piece with respect to its inputs (block 0's input cotangent and the
       embedding backward included): the wasteful reference of `benchmarks/mpmd_sharding.py
@@ -122,11 +135,15 @@ class MpmdTrainer:
   """
 
   def __init__(self, pieces: model_lib.MoDEPieces, plan: plan_lib.MeshPlan,
-               optimizer: optax.GradientTransformation, batch_specs,
+               optimizer: learners_lib.Learner | optax.GradientTransformation, batch_specs,
                trainable: Sequence[str] = common.MODE_TRAINABLE,
                transport: transfer.Transport | None = None, prune_cotangents: bool = True):
     plan.validate(num_devices=len(jax.devices()), num_experts=pieces.num_experts)
     plan.check_divisibility(pieces.sharded_dims(batch_specs))
+    if isinstance(optimizer, learners_lib.Learner):
+      learner_lib.check_learner(optimizer, pieces.var_hparams(batch_specs))
+    # Clipping by the global gradient norm: a reduction over meshes (the same in every process).
+    self._global_norm = isinstance(optimizer, learners_lib.Learner)
     self.pieces = pieces
     self.plan = plan
     self.optimizer = optimizer
@@ -173,20 +190,24 @@ class MpmdTrainer:
     """Places host variables (e.g. a Pax checkpoint's mdl_vars) on their meshes.
 
     Returns:
-      mesh index -> {'params': {path: array}, 'opt': optimizer state of its trainable ones};
-      meshes this process does not own are absent.
+      mesh index -> {'params': {path: array}, 'opt': {'step': the steps taken (int32), 'tx':
+      the learner's (or optax) state of the mesh's trainable variables}} (see
+      `mpmd/learner.py`); meshes this process does not own are absent.
     """
     self._slice_map = self._slices(flat_vars)
     self._state_shardings = {}
     self._train_paths = {k for k in flat_vars if common.is_trainable(k, self.trainable)}
     state = {}
+    self._updates = {}
     for i, mesh in enumerate(self.meshes):
       if not self.local[i]:
         continue
       paths = [p for s in self._slice_map.values() if s.mesh == i for p, _ in s.keys]
       params = {p: common.place(flat_vars[p], mesh, self.specs[i][p]) for p in paths}
       train = {p: v for p, v in params.items() if p in self._train_paths}
-      opt = common.init_opt_state(self.optimizer, {p: flat_vars[p] for p in train}, mesh,
+      self._updates[i] = learner_lib.mesh_update(
+          self.optimizer, self.pieces.var_hparams(self.batch_specs), train)
+      opt = common.init_opt_state(self._updates[i], {p: flat_vars[p] for p in train}, mesh,
                                   self.specs[i])
       state[i] = {'params': params, 'opt': opt}
       # Updates keep variables and optimizer state where they are.
@@ -302,11 +323,13 @@ class MpmdTrainer:
     return fn
 
   def _merge_fwd_fn(self, mi, wrt):
-    """wrt: flags of (gate params, x, backbone output, expert output 0, 1, ...)."""
-    def fn(train, frozen, x, backbone_out, expert_outs):
-      y, pullback = _vjp(lambda tr, x, bb, *outs: self.pieces.merge({**tr, **frozen}, x, bb, outs),
-                         (train, x, backbone_out, *expert_outs), wrt)
-      return self._replicate(mi, y), pullback
+    """wrt: flags of (gate params, x, backbone output, expert output 0, 1, ...). Also returns
+    the block's gate summaries."""
+    def fn(train, frozen, x, paddings, backbone_out, expert_outs):
+      y, pullback, summaries = _vjp(
+          lambda tr, x, bb, *outs: self.pieces.merge({**tr, **frozen}, x, paddings, bb, outs),
+          (train, x, backbone_out, *expert_outs), wrt, has_aux=True)
+      return self._replicate(mi, y), pullback, self._replicate(mi, summaries)
     return fn
 
   def _head_fn(self, mi, wrt):
@@ -330,11 +353,21 @@ class MpmdTrainer:
     del mi
     return lambda pairs: {p: a + b for p, (a, b) in pairs.items()}
 
+  # The sums of squares of all meshes, added on the home mesh (an update program: flops.py).
+  _update_reduce_fn = _add_fn
+
+  def _update_norms_fn(self, mi):
+    """This mesh's [sum of squared gradients, sum of squared variables]."""
+    return lambda train, grads: self._replicate(
+        mi, self._updates[mi].local_sums(train, grads))
+
   def _update_fn(self, mi):
-    def fn(train, opt, grads):
-      updates, opt = self.optimizer.update(grads, opt, train)
-      return jax.lax.with_sharding_constraint((optax.apply_updates(train, updates), opt),
-                                              self._state_shardings[mi])
+    """The learner's update of this mesh's variables (sums: added over all meshes, or None)."""
+    def fn(train, opt, grads, sums):
+      new_train, opt, summaries = self._updates[mi].update(train, opt, grads, sums)
+      new_train, opt = jax.lax.with_sharding_constraint((new_train, opt),
+                                                        self._state_shardings[mi])
+      return new_train, opt, self._replicate(mi, summaries)
     return fn
 
   # ---- the step --------------------------------------------------------------------------------
@@ -342,19 +375,29 @@ class MpmdTrainer:
     """The host batch on every local mesh (each process reads the same batch: no transfer)."""
     return {i: common.place_tree(batch, m) for i, m in enumerate(self.meshes) if self.local[i]}
 
-  def _move(self, x, src: int, dst: int):
+  def _move(self, x, src: int, dst: int, like=None):
     if src == dst:
       return x
-    return self.transport.move(x, self.meshes[src], self.meshes[dst], self.act)
+    return self.transport.move(x, self.meshes[src], self.meshes[dst],
+                               self.act if like is None else like)
 
   def _move_list(self, xs, src, dst, n):
     return [self._move(None if xs is None else xs[k], src, dst) for k in range(n)]
 
   def step(self, state, batch):
-    """One training step: returns (new state, loss, metrics, grads).
+    """One training step: returns (new state, loss, metrics, grads) (see `train_step`)."""
+    state, out = self.train_step(state, batch)
+    return state, out.loss, out.metrics, out.grads
 
-    loss and metrics are None in processes that do not own the home mesh; grads maps a mesh
-    index to {path: gradient} for the local meshes.
+  def step_count(self, state) -> int:
+    """Steps taken (paxml's TrainState.step), from any local mesh (all meshes agree)."""
+    return int(np.asarray(next(iter(state.values()))['opt']['step']))
+
+  def train_step(self, state, batch) -> tuple[dict, common.StepOutput]:
+    """One training step: (new state, StepOutput).
+
+    loss, metrics and summaries are None / empty in processes that do not own the home mesh;
+    grads maps a mesh index to {path: raw gradient} for the local meshes.
     """
     B, N = self.pieces.num_blocks, self.pieces.num_experts
     home_local = self.local[HOME]
@@ -366,7 +409,7 @@ class MpmdTrainer:
     if home_local:
       x, x_pull = self._call('embed_fwd', HOME, *self._args(state, ('outside',)), placed[HOME],
                              wrt=(self._embed_grad,))
-    pulls = []
+    pulls, summaries = [], {}
     for i in range(B):
       bg = self._block_grads[i]
       x_on = {m: self._move(x, HOME, m) for m in self.remote_expert_meshes}
@@ -392,9 +435,11 @@ class MpmdTrainer:
         for j, y in zip(self.experts_on[m], moved):
           outs[j] = y
       if home_local:
-        x, block_pulls['merge'] = self._call(
-            'merge_fwd', HOME, *self._args(state, ('gate', i)), x, y_bb, outs,
+        x, block_pulls['merge'], block_summaries = self._call(
+            'merge_fwd', HOME, *self._args(state, ('gate', i)), x, inputs[HOME][0], y_bb, outs,
             wrt=self._merge_wrt(bg))
+        prefix = model_lib.BLOCK_SUMMARY_PREFIX.format(i)
+        summaries.update({prefix + k: v for k, v in block_summaries.items()})
       pulls.append(block_pulls)
 
     # Loss and backward.
@@ -460,14 +505,25 @@ class MpmdTrainer:
         grads[HOME].update(self._call('add_grads', HOME, shared))
       grads[HOME].update({p: g for p, g in g_emb.items() if p not in shared})
 
-    # Optimizer updates, each on its own mesh.
+    # Learner updates, each on its own mesh, after the global gradient norm.
+    trains = {m: {p: v for p, v in s['params'].items() if p in self._train_paths}
+              for m, s in state.items()}
+    sums_on = {}
+    if self._global_norm:
+      local_sums = {m: self._call('update_norms', m, trains[m], grads[m]) for m in state}
+      at_home = [self._move(local_sums.get(m), m, HOME, like=learner_lib.SUMS)
+                 for m in range(len(self.meshes))]
+      total = self._call('update_reduce', HOME, at_home) if home_local else None
+      sums_on = {m: self._move(total, HOME, m, like=learner_lib.SUMS)
+                 for m in range(len(self.meshes))}
     new_state = {}
     for m, mesh_state in state.items():
-      params = mesh_state['params']
-      train = {p: v for p, v in params.items() if p in self._train_paths}
-      new_train, opt = self._call('update', m, train, mesh_state['opt'], grads[m])
-      new_state[m] = {'params': {**params, **new_train}, 'opt': opt}
-    return new_state, loss, metrics, grads
+      new_train, opt, learner_summaries = self._call(
+          'update', m, trains[m], mesh_state['opt'], grads[m], sums_on.get(m))
+      new_state[m] = {'params': {**mesh_state['params'], **new_train}, 'opt': opt}
+      if m == HOME:
+        summaries.update(learner_summaries)
+    return new_state, common.StepOutput(loss, metrics, grads, summaries)
 
   def _merge_wrt(self, bg: _BlockGrads) -> tuple[bool, ...]:
     """Merge flags: gate params, x, backbone output, each expert's output (its mesh's x flag)."""
