@@ -181,13 +181,6 @@ def save(job_log_dir: str, step: int, state, meshes) -> str:
 
 
 # ---- restoring ----------------------------------------------------------------------------------
-def _read(step_folder: str, name: str) -> np.ndarray:
-  import tensorstore as ts  # pylint: disable=g-import-not-at-top
-  spec = {'driver': 'zarr', 'kvstore': {'driver': 'file',
-                                        'path': os.path.join(step_folder, 'state', name)}}
-  return ts.open(spec).result().read().result()
-
-
 def restore_opt(job_log_dir: str, step: int, state) -> dict:
   """`state` with each local mesh's optimizer state replaced by the checkpoint's.
 
@@ -208,7 +201,7 @@ def restore_opt(job_log_dir: str, step: int, state) -> dict:
         raise ResumeError(
             f'cannot resume from {job_log_dir} (step {step}): its optimizer state of mesh {i} has '
             f'no {name!r} (another optimizer?). Give a new --job_log_dir.')
-      value = _read(folder, entry)
+      value = checkpoints.read_array(os.path.join(folder, 'state', entry))
       if value.shape != leaf.shape or value.dtype != leaf.dtype:
         raise ResumeError(
             f'cannot resume from {job_log_dir} (step {step}): optimizer state {entry} is '

@@ -40,6 +40,12 @@ def read_shapes(step_folder: str | os.PathLike[str]) -> dict[str, tuple[int, ...
   return out
 
 
+def read_array(entry: str | os.PathLike[str]) -> np.ndarray:
+  """One saved array of a checkpoint: `<step folder>/state/<name>` (a zarr array)."""
+  spec = {'driver': 'zarr', 'kvstore': {'driver': 'file', 'path': os.fspath(entry)}}
+  return ts.open(spec).result().read().result()
+
+
 def read_variables(ckpt_dir: str, step: int | None = None) -> dict[str, np.ndarray]:
   """Model variables of a checkpoint (newest step by default), keyed by '/'-separated path."""
   state = step_dir(ckpt_dir, step) / 'state'
@@ -47,8 +53,7 @@ def read_variables(ckpt_dir: str, step: int | None = None) -> dict[str, np.ndarr
   for entry in sorted(state.iterdir()):
     if not entry.name.startswith(_PREFIX) or not (entry / '.zarray').exists():
       continue
-    spec = {'driver': 'zarr', 'kvstore': {'driver': 'file', 'path': os.fspath(entry)}}
-    out[entry.name[len(_PREFIX):].replace('.', '/')] = ts.open(spec).result().read().result()
+    out[entry.name[len(_PREFIX):].replace('.', '/')] = read_array(entry)
   if not out:
     raise FileNotFoundError(f'No model variables under {state}.')
   return out

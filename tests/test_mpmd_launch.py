@@ -13,9 +13,9 @@ import time
 import numpy as np
 import optax
 import pytest
-import tensorstore as ts
 
 from launch import mpmd_launch
+from mode_pax import checkpoints
 from mode_pax import evaluate
 from mode_pax import paths
 from mode_pax.data import build as build_lib
@@ -53,8 +53,7 @@ def _launch(out, *extra, timeout=150, exp=EXP, processes=3, steps=STEPS, optimiz
 def _state(job_log_dir, step) -> dict[str, np.ndarray]:
   """Every array of a Pax checkpoint (mdl_vars and opt_states), read with tensorstore."""
   folder = os.path.join(paths.checkpoint_dir(str(job_log_dir)), f'checkpoint_{step:08d}', 'state')
-  return {name: ts.open({'driver': 'zarr', 'kvstore': {
-      'driver': 'file', 'path': os.path.join(folder, name)}}).result().read().result()
+  return {name: checkpoints.read_array(os.path.join(folder, name))
           for name in sorted(os.listdir(folder))}
 
 
