@@ -24,10 +24,13 @@ class Sweeps:
   # Initial gate weights on the backbone tried for MoDE's experts (our option, not the paper's:
   # MoDEGate.initial_backbone_weight), compared on the validation splits (study 'gate_init').
   gate_init_weights: tuple[float, ...] = ()
-  # Backbone pre-training learning rates compared on the validation splits (study backbone_lr;
-  # the Backbone's own rate is its unsuffixed point).
+  # The backbone's settings, chosen in turn on the validation splits: its learning rate (study
+  # backbone_lr), then its pre-training data (backbone_data, at the chosen rate), each compared
+  # at backbone_study_steps steps on the English+SOTU mixture unless varied; then its steps
+  # (backbone_steps: more steps of the Backbone as registered).
   backbone_learning_rates: tuple[float, ...] = ()
-  # Backbone pre-training steps compared on the validation splits (study backbone_steps).
+  backbone_study_steps: int = 500
+  backbone_pretrain_data: tuple[str, ...] = ()
   backbone_steps: tuple[int, ...] = ()
 
 
@@ -150,10 +153,31 @@ def _compose_gates_label(exp) -> str:
           else f'{exp.GATE_INITIAL_BACKBONE_WEIGHT:g} on the backbone')
 
 
+def _backbone_lr_name(lr: float) -> str:
+  return f'BackboneLr{lr:g}'.replace('.', 'p')
+
+
 def _backbone_lr_variants(s: Sweeps) -> Variants:
-  """The backbone pre-trained at other learning rates (everything else the Backbone's)."""
-  return {f'BackboneLr{lr:g}'.replace('.', 'p'): ('Backbone', dict(LEARNING_RATE=lr))
+  """The backbone pre-trained at each learning rate for backbone_study_steps on the English+SOTU
+  mixture (everything else the Backbone's)."""
+  return {_backbone_lr_name(lr): ('Backbone', dict(
+      LEARNING_RATE=lr, MAX_STEPS=s.backbone_study_steps, TRAIN_DATA=tasks.ENGLISH_PRETRAIN))
           for lr in s.backbone_learning_rates}
+
+
+def _backbone_data_variants(s: Sweeps) -> Variants:
+  """The backbone pre-trained on each data choice at the best rate of backbone_lr (the largest
+  swept, 1e-2); the English+SOTU point is backbone_lr's run at that rate."""
+  lr = max(s.backbone_learning_rates, default=0.0)
+  out = {}
+  for data in s.backbone_pretrain_data:
+    if data == tasks.ENGLISH_PRETRAIN:
+      name = _backbone_lr_name(lr)
+    else:
+      name = 'BackboneOn' + ''.join(w.title() for w in data.removeprefix('mode_').split('_'))
+    out[name] = ('Backbone', dict(LEARNING_RATE=lr, MAX_STEPS=s.backbone_study_steps,
+                                  TRAIN_DATA=data))
+  return out
 
 
 def _backbone_steps_variants(s: Sweeps) -> Variants:
@@ -218,7 +242,12 @@ STUDIES += (
           group=lambda e: 'backbone', x=lambda e, c: e.MAX_STEPS,
           xlabel='backbone pre-training steps', logx=True, panels=ALL_DOMAINS,
           sort=lambda e: e.MAX_STEPS, split='validation'),
-    Study(name='backbone_lr', variants=_backbone_lr_variants, includes=('Backbone',),
+    Study(name='backbone_data', variants=_backbone_data_variants,
+          columns=(('Pre-training data', lambda e: e.TRAIN_DATA.removeprefix('mode_')),),
+          group=lambda e: 'backbone', x=lambda e, c: int(e.TRAIN_DATA == tasks.ENGLISH),
+          xlabel='pre-training data: 0 English + SOTU, 1 English only', logx=False,
+          panels=ALL_DOMAINS, sort=lambda e: e.TRAIN_DATA, split='validation'),
+    Study(name='backbone_lr', variants=_backbone_lr_variants,
           columns=(('Learning rate', lambda e: f'{e.LEARNING_RATE:g}'),),
           group=lambda e: 'backbone', x=lambda e, c: e.LEARNING_RATE,
           xlabel='backbone pre-training learning rate', logx=True, panels=ALL_DOMAINS,

@@ -214,6 +214,13 @@ def dry_run(args) -> int:
 
 
 # ---- supervisor ---------------------------------------------------------------------------------
+def _worker_xla_flags(flags: str) -> str:
+  """XLA_FLAGS of a local worker: the caller's (e.g. its optimisation settings) with one CPU
+  device per process in place of any device count they set."""
+  kept = [f for f in flags.split() if not f.startswith('--xla_force_host_platform_device_count')]
+  return ' '.join(kept + ['--xla_force_host_platform_device_count=1'])
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -248,7 +255,7 @@ def supervise(args) -> int:
       raise _LaunchError(str(e)) from e
   _check_resume(args, plan)
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+  env = dict(os.environ, XLA_FLAGS=_worker_xla_flags(os.environ.get('XLA_FLAGS', '')),
              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
              PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get('PYTHONPATH')])))
   out = args.out or os.path.join('results', 'mpmd', 'launch')

@@ -110,20 +110,15 @@ def reference_scores(experiment_cls, split: str | None = None,
   """order -> eval task -> per-example scores (evaluate.TaskScores) of n-gram models on the
   examples the experiment's evaluation scores (`evaluate.eval_examples`).
 
-  Training data: the training splits of the experiment's EVAL_DATA tasks and of the backbone's
-  pre-training data (`recipes.Backbone.TRAIN_DATA`), i.e. everything the runs of Table 1 train on.
+  Training data: `training_tasks(experiment_cls)`.
   """
-  from mode import recipes  # pylint: disable=g-import-not-at-top
   from mode_pax import evaluate  # pylint: disable=g-import-not-at-top
   from mode_pax import paths  # pylint: disable=g-import-not-at-top
   exp = experiment_cls()
   data_dir = exp.data_dir()
   seq_len = exp.SEQUENCE_LENGTH
-  pretrain = recipes.Backbone.TRAIN_DATA
-  # A domain the pre-training mixture holds is counted once (its rows come with the mixture).
-  train_tasks = [pretrain] + [t for t in exp.EVAL_DATA
-                              if t not in mixture_tasks(pretrain, data_dir)]
-  train = [r for t in train_tasks for r in evaluate.task_rows(t, 'train', seq_len, data_dir)]
+  train = [r for t in training_tasks(experiment_cls)
+           for r in evaluate.task_rows(t, 'train', seq_len, data_dir)]
   evals = {t: evaluate.eval_examples(exp, t, split or paths.eval_split())
            for t in exp.EVAL_DATA}
   out = {}
@@ -136,6 +131,17 @@ def reference_scores(experiment_cls, split: str | None = None,
                           for ex in examples], np.int64)
       out[n][t] = evaluate.TaskScores(index, tokens, correct, None)
   return out
+
+
+def training_tasks(experiment_cls) -> list[str]:
+  """The tasks whose training splits the count models learn from: the pre-training data of the
+  experiment's backbone (the experiment's own for a backbone run) and its EVAL_DATA tasks, i.e.
+  everything the runs of Table 1 train on; a task the pre-training mixture holds counts once."""
+  exp = experiment_cls()
+  backbone = exp.resolve_stage(exp.BACKBONE) if exp.BACKBONE else experiment_cls
+  pretrain = backbone.TRAIN_DATA
+  return [pretrain] + [t for t in exp.EVAL_DATA
+                       if t not in mixture_tasks(pretrain, exp.data_dir())]
 
 
 def mixture_tasks(name: str, data_dir: str) -> list[str]:

@@ -131,10 +131,11 @@ def load_test_metrics(job_log_dir: str, experiment_cls, split: str = 'test'
 
 def reference_rows(experiment_cls, folder: str, orders=(1, 2, 3)) -> list['Row']:
   """Rows of n-gram count models (mode_pax.ngram) scored on `experiment_cls`'s test examples,
-  cached in `folder` for the same examples and data build (eval_key)."""
+  cached in `folder` for the same examples, data build (eval_key) and training tasks."""
   from mode_pax import evaluate  # pylint: disable=g-import-not-at-top
   from mode_pax import ngram  # pylint: disable=g-import-not-at-top
-  key = dict(eval_key(folder, experiment_cls), orders=list(orders))
+  key = dict(eval_key(folder, experiment_cls), orders=list(orders),
+             train_tasks=ngram.training_tasks(experiment_cls))
   key_path = os.path.join(folder, metrics_file('test'))
   paths_ = {n: os.path.join(folder, f'test_scores_{n}gram.npz') for n in orders}
   cached = os.path.exists(key_path) and all(os.path.exists(p) for p in paths_.values())

@@ -1,9 +1,13 @@
-"""Shared test set-up: 8 virtual CPU devices (set before JAX is imported anywhere)."""
+"""Shared test set-up: 8 virtual CPU devices and the tests' XLA flags (set before JAX is imported
+anywhere; run_env.TEST_XLA_FLAGS says why)."""
 
 import os
 
-os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+from tests import run_env
+
+os.environ['XLA_FLAGS'] = ' '.join(filter(None, (
+    os.environ.get('XLA_FLAGS', ''), run_env.TEST_XLA_FLAGS,
+    '--xla_force_host_platform_device_count=8')))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 # Pax reads absl flags (e.g. --pmap_use_tensorstore) inside library calls; use their defaults.

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 from mode_pax import paths
+from tests import run_env
 
 _RUN = textwrap.dedent('''
     import sys
@@ -31,7 +32,7 @@ def test_a_run_in_a_fresh_clone_leaves_git_status_clean(tmp_path):
   clone = tmp_path / 'clone'
   subprocess.run(['git', 'clone', '--quiet', str(paths.REPO_ROOT), str(clone)], check=True)
   env = {k: v for k, v in os.environ.items() if not k.startswith('MODE_PAX_')}
-  env['XLA_FLAGS'] = ''
+  env['XLA_FLAGS'] = run_env.TEST_XLA_FLAGS
   proc = subprocess.run([sys.executable, '-c', _RUN, str(clone)], cwd=clone, env=env,
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -145,8 +145,8 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(fixture_da
   and optimizer state, and mode_pax.evaluate scores it (reading it as a Pax checkpoint of the
   experiment's Pax model)."""
   job = tmp_path / 'run'
-  # The data build (run_env.pointed_at would also clear XLA_FLAGS: this process's reference run
-  # needs conftest's 8 devices; the supervisor gives each worker its one device).
+  # The data build (run_env.pointed_at would also drop the virtual devices: this process's
+  # reference run needs conftest's 8; the supervisor gives each worker its one device).
   monkeypatch.setenv('MODE_PAX_DATA_DIR', str(fixture_data))
   monkeypatch.setenv('MODE_PAX_RUNS', str(tmp_path / 'runs'))
   # The experiment's own learner (Adafactor, schedule, clipping across the two processes).
