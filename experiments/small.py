@@ -38,6 +38,11 @@ class SmallScale:
   # With a chunk, Pax's predictions carry no logits/log_probs (per-token xent and argmax only).
   EMBEDDING_LOOKUP_STYLE = 'index'
   SOFTMAX_CHUNK_SIZE = 16
+  # No per-variable norm summaries: they were a quarter of the train step's compile time (the
+  # Backbone's 32.5 s with them, 24.7 s without; step 260 -> 242 ms; idle machine, one run each:
+  # `python benchmarks/compile_time.py mode.small.Backbone '{"VARIABLE_NORM_SUMMARY": true}'`
+  # and without the override); the same training (tests/test_softmax_computation.py).
+  VARIABLE_NORM_SUMMARY = False
   NUM_BLOCKS = 3
   EXPERT_LAYERS = 1
   ICI_MESH_SHAPE = [1, 1, 1]

@@ -73,6 +73,10 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   # backward pass): [batch, chunk, vocab] arrays that stay in cache on a CPU.
   EMBEDDING_LOOKUP_STYLE: str | None = None
   SOFTMAX_CHUNK_SIZE: int | None = None
+  # paxml's per-variable norm summaries (`task.train.variable_norm_summary`: the L2 mean of every
+  # variable and of every level of the variable tree, computed in each train step). Summaries
+  # only: the learner's total var_norm and grad norms are written either way.
+  VARIABLE_NORM_SUMMARY = True
 
   # The method's name in tables and plots (set by each method).
   METHOD_NAME = None
@@ -212,6 +216,7 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
     # The training input's position is saved with every checkpoint, so a resumed run reads the
     # batches an uninterrupted one would (bit-identical results).
     task_p.train.enable_input_checkpointing = True
+    task_p.train.variable_norm_summary = self.VARIABLE_NORM_SUMMARY
     return task_p
 
   # ---- Upstream runs. ----

@@ -319,6 +319,32 @@ def test_table1_gives_intervals_tokens_reference_rows_and_routing(runs, tmp_path
   assert 'ComposeMathCode | 1 | English' in open(routing_md).read()
 
 
+def test_count_models_learn_from_the_backbones_own_data_and_recount_when_it_changes(runs,
+                                                                                   tmp_path):
+  """The reference rows' training data is the scale's Backbone's (a stage override of TRAIN_DATA
+  counts), and their cache is keyed by it: the same folder with other data counts again."""
+  del runs
+  backbone = registry.lookup(f'{MODULE}.Backbone')
+  english_only = type('Backbone', (backbone,), dict(TRAIN_DATA=tasks.ENGLISH,
+                                                    __module__=backbone.__module__))
+  assert ngram.training_tasks(backbone) == [tasks.ENGLISH_PRETRAIN, tasks.MATH, tasks.CODE]
+  assert ngram.training_tasks(english_only) == [tasks.ENGLISH, tasks.MATH, tasks.CODE]
+  assert ngram.training_tasks(registry.lookup(f'{MODULE}.CodeExpert')) == [
+      tasks.ENGLISH_PRETRAIN, tasks.MATH, tasks.CODE]
+  folder = str(tmp_path / 'ngram_references')
+  with_sotu = results.reference_rows(backbone, folder, orders=(2,))[0].metrics['english']
+  without = results.reference_rows(english_only, folder, orders=(2,))[0].metrics['english']
+  # Reference: a bigram model counted here on the English-only data.
+  data_dir = tasks.resolve_data_dir()
+  seq_len = backbone.SEQUENCE_LENGTH
+  bigram = ngram.NgramModel.fit(
+      [row for t in (tasks.ENGLISH, tasks.MATH, tasks.CODE)
+       for row in evaluate.task_rows(t, 'train', seq_len, data_dir)], 2, backbone.VOCAB_SIZE)
+  rows = [r for ex in evaluate.eval_examples(english_only(), tasks.ENGLISH, 'test')[1] for r in ex]
+  assert without == pytest.approx(100 * ngram.accuracy(bigram, rows)[0], abs=1e-4)
+  assert without != pytest.approx(with_sotu, abs=1e-4)
+
+
 def test_missing_upstream_runs_are_all_named_and_no_folder_is_claimed(runs, tmp_path,
                                                                       monkeypatch):
   del runs

@@ -1,6 +1,9 @@
-"""EMBEDDING_LOOKUP_STYLE and SOFTMAX_CHUNK_SIZE change how the output layer computes, not what:
-Pax's own train steps with them match the steps of what paxml's LM experiments run (the one-hot
-matmul lookup their sharding sets, unchunked softmax), for each method near the output layer."""
+"""The small scale's CPU settings change how a train step computes, not what it trains:
+
+EMBEDDING_LOOKUP_STYLE and SOFTMAX_CHUNK_SIZE (the output layer): Pax's own train steps with them
+match the steps of what paxml's LM experiments run (the one-hot matmul lookup their sharding sets,
+unchunked softmax), for each method near the output layer. VARIABLE_NORM_SUMMARY=False: the same
+steps without paxml's per-variable norm summaries."""
 
 import jax
 import numpy as np
@@ -23,8 +26,8 @@ PAXML_SOFTMAX = dict(EMBEDDING_LOOKUP_STYLE='matmul')
 
 
 def _train(method, steps=3, **overrides):
-  """(softmax settings, losses, initial and final variables) of `steps` Pax train steps of a
-  tiny experiment of `method`."""
+  """(softmax settings, losses, initial and final variables, summary names of the last step) of
+  `steps` Pax train steps of a tiny experiment of `method`."""
   exp = type('Tiny', (test_freezing.TinyAdaptation, method), overrides)()
   task_p = exp.task()
   softmax_p = task_p.model.lm_tpl.softmax_tpl
@@ -40,7 +43,7 @@ def _train(method, steps=3, **overrides):
     state, out = step(state, jax.random.PRNGKey(i + 1), batch)
     losses.append(float(out.loss))
   final = trees.flatten(jax.tree_util.tree_map(np.asarray, state.mdl_vars))
-  return settings, losses, initial, final
+  return settings, losses, initial, final, set(out.summary_tensors)
 
 
 @pytest.mark.parametrize('method,overrides', [
@@ -49,9 +52,9 @@ def _train(method, steps=3, **overrides):
     (methods.Lora, dict(LORA_EMBEDDINGS=True)),
 ])
 def test_cpu_softmax_settings_train_like_paxmls_defaults(method, overrides):
-  reference_settings, reference_losses, initial, reference = _train(
+  reference_settings, reference_losses, initial, reference, _ = _train(
       method, **overrides, **PAXML_SOFTMAX)
-  settings, losses, _, variables = _train(method, **overrides, **CPU_SOFTMAX)
+  settings, losses, _, variables, _ = _train(method, **overrides, **CPU_SOFTMAX)
   assert reference_settings == ('matmul', None)
   assert settings == ('index', 4)
   np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
@@ -63,12 +66,28 @@ def test_cpu_softmax_settings_train_like_paxmls_defaults(method, overrides):
   assert moved  # the steps trained something
 
 
+def test_without_variable_norm_summaries_the_steps_train_the_same_variables():
+  _, reference_losses, initial, reference, reference_summaries = _train(
+      methods.MoDE, NUM_DOMAIN_EXPERTS=1, VARIABLE_NORM_SUMMARY=True)
+  _, losses, _, variables, summaries = _train(
+      methods.MoDE, NUM_DOMAIN_EXPERTS=1, VARIABLE_NORM_SUMMARY=False)
+  norm_summaries = {name for name in reference_summaries if name.startswith('vars/')}
+  assert norm_summaries and not norm_summaries & summaries  # what the setting removes ...
+  assert summaries == reference_summaries - norm_summaries  # ... and nothing else
+  np.testing.assert_allclose(losses, reference_losses, rtol=1e-6)
+  assert variables.keys() == reference.keys()
+  for path, value in variables.items():
+    np.testing.assert_allclose(value, reference[path], rtol=1e-6, atol=1e-7, err_msg=path)
+  assert any(not np.array_equal(variables[p], initial[p]) for p in variables)
+
+
 def test_small_scale_sets_them_for_every_method():
   from mode import small  # pylint: disable=g-import-not-at-top
   for name in ('Backbone', 'CodeExpert', 'LoraMathCode', 'FullFinetuneMathCode'):
     softmax_p = registry.lookup(f'mode.small.{name}')().task().model.lm_tpl.softmax_tpl
     assert (softmax_p.lookup_style, softmax_p.chunk_size) == (
         small.SmallScale.EMBEDDING_LOOKUP_STYLE, small.SmallScale.SOFTMAX_CHUNK_SIZE), name
+    assert not registry.lookup(f'mode.small.{name}')().task().train.variable_norm_summary, name
 
 
 def test_a_softmax_without_the_setting_is_refused():
