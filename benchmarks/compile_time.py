@@ -1,55 +1,106 @@
 r"""Compile time and step time of one registered experiment's Pax train step (synthetic batch).
 
   .venv/bin/python benchmarks/compile_time.py mode.smollm2.CodeExpert ['{"SCAN_LAYERS": false}']
+  # Settings compared in one run: each JSON is a configuration, compiled in turn for --rounds
+  # rounds (A B A B ...), so load on this shared machine hits them alike.
+  .venv/bin/python benchmarks/compile_time.py mode.small.ComposeMathCode \
+      '{}' '{"CONDITIONAL_OPTIMIZER_UPDATE": false}' --rounds 3
 
-The optional JSON overrides class attributes (e.g. unrolled vs scanned layers;
-SCAN_CHECKPOINT_POLICY by its member's name, e.g. "SAVE_EVERYTHING"). Prints one line:
-lowering, XLA compile and the fastest of STEPS (env, default 3) steps. Warm starts are dropped
+A JSON overrides class attributes (e.g. unrolled vs scanned layers; SCAN_CHECKPOINT_POLICY by its
+member's name, e.g. "SAVE_EVERYTHING"). Prints a line per compile: lowering, XLA compile and the
+fastest of --steps chained train steps; then, with several configurations, the median compile
+time of each and its ratio to the first's, and whether the configurations' train states (every
+variable and optimizer slot) after those steps are bit for bit the same. Warm starts are dropped
 (step time does not depend on the weights' values).
 """
+import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top
 import jax
+import numpy as np
 flags.FLAGS.mark_as_parsed()
-import train_step as ts
+import train_step as ts  # pylint: disable=g-import-not-at-top
 from paxml import trainer_lib
 from praxis import base_layer
 from mode_pax import registry
-name = sys.argv[1]
-overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-if 'SCAN_CHECKPOINT_POLICY' in overrides:  # JSON has no enums: the member's name
-  from praxis.layers import repeats
-  overrides['SCAN_CHECKPOINT_POLICY'] = repeats.AutodiffCheckpointType[
-      overrides['SCAN_CHECKPOINT_POLICY']]
-base = registry.lookup(name)
-cls = type('Probe', (base,), dict(overrides, __module__=base.__module__))
-exp = cls()
-task_p = exp.task()
-task_p.train.init_from_checkpoint_rules = {}
-task = base_layer.instantiate(task_p)
-batch = ts.synthetic_batch(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH, exp.VOCAB_SIZE)
-t = time.perf_counter()
-state, _ = trainer_lib.initialize_model_state(task, jax.random.PRNGKey(0), batch)
-tinit = time.perf_counter() - t
-fn = jax.jit(lambda s, k, b: trainer_lib.train_step_single_learner(task, s, k, b))
-t0 = time.perf_counter()
-lowered = fn.lower(state, jax.random.PRNGKey(1), batch)
-t1 = time.perf_counter()
-compiled = lowered.compile()
-t2 = time.perf_counter()
-out = compiled(state, jax.random.PRNGKey(1), batch)
-jax.block_until_ready(out)
-times = []
-for _ in range(int(os.environ.get('STEPS', 3))):
-  a = time.perf_counter()
-  out = compiled(state, jax.random.PRNGKey(1), batch)
-  jax.block_until_ready(out)
-  times.append(time.perf_counter() - a)
-print(f"RESULT {name} {overrides} flags={os.environ.get('XLA_FLAGS','')!r} init={tinit:.1f}s lower={t1-t0:.1f}s compile={t2-t1:.1f}s step={min(times)*1000:.0f}ms loss={float(out[1].loss):.4f}", flush=True)
+
+
+def experiment(name: str, overrides: dict):
+  if 'SCAN_CHECKPOINT_POLICY' in overrides:  # JSON has no enums: the member's name
+    from praxis.layers import repeats  # pylint: disable=g-import-not-at-top
+    overrides = dict(overrides, SCAN_CHECKPOINT_POLICY=repeats.AutodiffCheckpointType[
+        overrides['SCAN_CHECKPOINT_POLICY']])
+  base = registry.lookup(name)
+  return type('Probe', (base,), dict(overrides, __module__=base.__module__))()
+
+
+def measure(name: str, overrides: dict, steps: int):
+  """(seconds to lower, seconds to compile, fastest step in ms, first loss, the train state's
+  leaves after `steps` chained steps) of one configuration."""
+  exp = experiment(name, overrides)
+  task_p = exp.task()
+  task_p.train.init_from_checkpoint_rules = {}
+  task = base_layer.instantiate(task_p)
+  batch = ts.synthetic_batch(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH, exp.VOCAB_SIZE)
+  state, _ = trainer_lib.initialize_model_state(task, jax.random.PRNGKey(0), batch)
+  fn = jax.jit(lambda s, k, b: trainer_lib.train_step_single_learner(task, s, k, b))
+  t0 = time.perf_counter()
+  lowered = fn.lower(state, jax.random.PRNGKey(1), batch)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  times, loss = [], None
+  for i in range(steps):
+    a = time.perf_counter()
+    state, out = compiled(state, jax.random.PRNGKey(1 + i), batch)[:2]
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - a)
+    loss = float(out.loss) if loss is None else loss
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves((state.mdl_vars, state.opt_states))]
+  return t1 - t0, t2 - t1, min(times) * 1000, loss, leaves
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('experiment')
+  parser.add_argument('overrides', nargs='*', default=['{}'],
+                      help='one JSON object of class attributes per configuration')
+  parser.add_argument('--rounds', type=int, default=1)
+  parser.add_argument('--steps', type=int, default=int(os.environ.get('STEPS', 3)))
+  args = parser.parse_args()
+  configs = [json.loads(o) for o in args.overrides or ['{}']]
+  compile_s = {i: [] for i in range(len(configs))}
+  states = {}
+  for r in range(args.rounds):
+    for i, overrides in enumerate(configs):
+      lower_s, comp_s, step_ms, loss, leaves = measure(args.experiment, overrides, args.steps)
+      compile_s[i].append(comp_s)
+      states.setdefault(i, leaves)
+      print(f"RESULT {args.experiment} {overrides} round={r} "
+            f"flags={os.environ.get('XLA_FLAGS', '')!r} lower={lower_s:.1f}s "
+            f"compile={comp_s:.1f}s step={step_ms:.0f}ms loss={loss:.4f}", flush=True)
+  if len(configs) > 1:
+    first = statistics.median(compile_s[0])
+    for i, overrides in enumerate(configs):
+      med = statistics.median(compile_s[i])
+      diffs = [float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0))
+               for a, b in zip(states[i], states[0])]
+      same = (len(states[i]) == len(states[0]) and
+              all(np.array_equal(a, b) for a, b in zip(states[i], states[0])))
+      print(f"SUMMARY {overrides}: median compile {med:.1f} s over {args.rounds} round(s), "
+            f"{med / first:.2f} x the first configuration's; train state after {args.steps} "
+            f"steps {'bit for bit the same as' if same else 'differs from'} the first's "
+            f"(max |diff| {max(diffs, default=0):.3g})", flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -43,6 +43,11 @@ class SmallScale:
   # `python benchmarks/compile_time.py mode.small.Backbone '{"VARIABLE_NORM_SUMMARY": true}'`
   # and without the override); the same training (tests/test_softmax_computation.py).
   VARIABLE_NORM_SUMMARY = False
+  # Each variable's optimizer update in its own XLA conditional (mode_pax.learners): the same
+  # training bit for bit (tests/test_conditional_update.py), less than half the compile time
+  # (results/README.md, "Compile time": `python benchmarks/compile_time.py
+  # mode.small.ComposeMathCode '{}' '{"CONDITIONAL_OPTIMIZER_UPDATE": false}'`).
+  CONDITIONAL_OPTIMIZER_UPDATE = True
   NUM_BLOCKS = 3
   EXPERT_LAYERS = 1
   ICI_MESH_SHAPE = [1, 1, 1]
