@@ -98,7 +98,9 @@ def experiment_class(spec: str, scale: str = 'small') -> type:
       overrides[attr] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
       overrides[attr] = value
-  return type(cls.__name__, (cls,), overrides) if overrides else cls
+  # In the experiment's module: recipes resolve upstream stages (BACKBONE) by name there.
+  return (type(cls.__name__, (cls,), dict(overrides, __module__=cls.__module__))
+          if overrides else cls)
 
 
 def split_configs(configs: str) -> list[str]:

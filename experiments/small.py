@@ -44,9 +44,10 @@ class SmallScale:
   # and without the override); the same training (tests/test_softmax_computation.py).
   VARIABLE_NORM_SUMMARY = False
   # Each variable's optimizer update in its own XLA conditional (mode_pax.learners): the same
-  # training bit for bit (tests/test_conditional_update.py), less than half the compile time
-  # (results/README.md, "Compile time": `python benchmarks/compile_time.py
-  # mode.small.ComposeMathCode '{}' '{"CONDITIONAL_OPTIMIZER_UPDATE": false}'`).
+  # training (bit for bit at these shapes), about half the compile time (ComposeMathCode 53.7
+  # s against 127.2, the Backbone 26.8 against 51.7; results/compile_time_small.md:
+  # `python benchmarks/compile_time.py mode.small.ComposeMathCode '{}'
+  # '{"CONDITIONAL_OPTIMIZER_UPDATE": false}'`).
   CONDITIONAL_OPTIMIZER_UPDATE = True
   NUM_BLOCKS = 3
   EXPERT_LAYERS = 1
@@ -85,10 +86,12 @@ globals().update(recipes.register_all(
     stage_overrides={
         'Backbone': dict(MAX_STEPS=4000, WARMUP_STEPS=50, LEARNING_RATE=1e-2,
                          TRAIN_DATA=tasks.ENGLISH, CHECKPOINT_EVERY_N_STEPS=500),
-        # Gates that start at the backbone: weight 0.5, the best validation average of the
-        # gate_init study (results/gate_init_small.md); its expert runs are reused. The
-        # composition's gates start from theirs (GATES_FROM_EXPERTS, the recipe's): validation
-        # average 14.42 against 14.07 with zero weights (results/compose_gates_small.md).
+        # Gates that start at the backbone: weight 0.5, chosen on the validation splits with the
+        # earlier backbone (gate_init study); with this one 0.5 and 0.9 tie (10.47 and 10.52,
+        # results/gate_init_small.md). Its expert runs are reused. The composition's gates start
+        # from theirs (GATES_FROM_EXPERTS, the recipe's): chosen with the earlier backbone
+        # (14.42 against 14.07 with zero weights); a tie with this one (12.91 and 12.90,
+        # results/compose_gates_small.md).
         'ComposeMathCodeGateInit': dict(GATE_INITIAL_BACKBONE_WEIGHT=0.5,
                                         EXPERTS=('MathExpertGate50', 'CodeExpertGate50')),
         'CodeExpertGateInit': dict(GATE_INITIAL_BACKBONE_WEIGHT=0.5),

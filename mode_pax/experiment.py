@@ -79,8 +79,8 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   # only: the learner's total var_norm and grad norms are written either way.
   VARIABLE_NORM_SUMMARY = True
   # Each variable's optimizer update in its own XLA conditional on the step's validity
-  # (`mode_pax.learners`): the same training, a train step that XLA:CPU compiles in less than
-  # half the time. Off for TPUs, where the conditionals would serialise the updates.
+  # (`mode_pax.learners`): the same training, a train step that XLA:CPU compiles in about half
+  # the time. Off for TPUs, where the conditionals would serialise the updates.
   CONDITIONAL_OPTIMIZER_UPDATE = False
 
   # The method's name in tables and plots (set by each method).
