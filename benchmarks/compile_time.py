@@ -77,7 +77,7 @@ def main():
   parser.add_argument('--rounds', type=int, default=1)
   parser.add_argument('--steps', type=int, default=int(os.environ.get('STEPS', 3)))
   args = parser.parse_args()
-  configs = [json.loads(o) for o in args.overrides or ['{}']]
+  configs = [json.loads(o) for o in args.overrides]
   compile_s = {i: [] for i in range(len(configs))}
   states = {}
   for r in range(args.rounds):

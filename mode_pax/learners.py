@@ -28,6 +28,7 @@ import contextlib
 import threading
 from typing import Any, Iterator
 
+import fiddle as fdl
 import jax
 from jax import numpy as jnp
 from paxml import learners
@@ -142,7 +143,6 @@ class ConditionalSkipLearner(learners.Learner):
 def use_conditional_update(task_p: Any) -> None:
   """Makes a paxml task's learner a ConditionalSkipLearner with a ConditionalAdafactor (its
   ShardedAdafactor's settings kept)."""
-  import fiddle as fdl  # pylint: disable=g-import-not-at-top
   learner_p = task_p.train.learner
   if not issubclass(learner_p.optimizer.__fn_or_cls__, optimizers.ShardedAdafactor):
     raise ValueError(f'CONDITIONAL_OPTIMIZER_UPDATE needs praxis ShardedAdafactor, got '
