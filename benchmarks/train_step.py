@@ -125,8 +125,10 @@ class PaxStep:
   """Pax's own train step (what `paxml.main` runs, minus the mesh: one CPU device)."""
 
   def __init__(self, task, state, batch):
-    self.state = state
-    self._fn = jax.jit(lambda s, k, b: trainer_lib.train_step_single_learner(task, s, k, b))
+    self.state = jax.tree_util.tree_map(jnp.copy, state)  # its own: the step donates it
+    # The state donated, as paxml's partitioners do (`donate_argnums`).
+    self._fn = jax.jit(lambda s, k, b: trainer_lib.train_step_single_learner(task, s, k, b),
+                       donate_argnums=0)
     self._key = jax.random.PRNGKey(1234)
     self._batch = batch
     with base_layer.JaxContext.new_context(hparams=base_layer.JaxContext.HParams(do_eval=False)):
@@ -241,9 +243,11 @@ class HandWrittenStep:
       updates, opt_state = tx.update(grads, opt_state, train)
       return optax.apply_updates(train, updates), opt_state, loss
 
-    self._fn = jax.jit(step)
-    self._train, self._frozen = train_vars, frozen_vars
-    self._opt_state = tx.init(train_vars)
+    self._fn = jax.jit(step, donate_argnums=(0, 1))  # like PaxStep: the updated state donated
+    # Its own copy of the trainable variables (the step donates them), not the shared state's.
+    self._train = jax.tree_util.tree_map(jnp.copy, train_vars)
+    self._frozen = frozen_vars
+    self._opt_state = tx.init(self._train)
     self._batch = batch
     self._key = jax.random.PRNGKey(1234)
 

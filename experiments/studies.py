@@ -101,10 +101,20 @@ def _table3_variants(s: Sweeps) -> Variants:
 
 
 def _figure3_params_variants(s: Sweeps) -> Variants:
-  """LoRA ranks against MoDE expert layers per block (3 blocks): accuracy vs added parameters."""
+  """LoRA ranks against MoDE expert layers per block (3 blocks): accuracy vs added parameters.
+  MoDE twice: the paper's (random gates) and ours with gates that start at the backbone (the
+  CodeExpertGateInit recipe, its weight as chosen at the scale)."""
   v = {k: x for k, x in _table2_variants(s).items() if k.removeprefix('LoraCodeRank').isdigit()}
   v.update(_mode_layout(3, l) for l in s.expert_layer_counts)
+  v.update((f'CodeExpertGateInitB3L{l}',
+            ('CodeExpertGateInit', dict(NUM_BLOCKS=3, EXPERT_LAYERS=l)))
+           for l in s.expert_layer_counts)
   return v
+
+
+def _mode_gates(exp) -> str:
+  starts_at_backbone = getattr(exp, 'GATE_INITIAL_BACKBONE_WEIGHT', None)  # None: LoRA, or random
+  return ', gates start at the backbone' if starts_at_backbone else ''
 
 
 def _figure3_examples_variants(s: Sweeps) -> Variants:
@@ -204,9 +214,9 @@ STUDIES = (
           x=lambda e, c: e.NUM_BLOCKS, xlabel='MoDE blocks', logx=False, panels=CODE_ENGLISH,
           sort=lambda e: (e.NUM_BLOCKS, e.EXPERT_LAYERS)),
     Study(name='figure3_params', variants=_figure3_params_variants,
-          columns=(('Method', lambda e: e.METHOD_NAME),),
+          columns=(('Method', lambda e: e.METHOD_NAME + _mode_gates(e)),),
           group=lambda e: e.METHOD_NAME + (' (rank)' if e.METHOD_NAME == 'LoRA'
-                                           else ' (expert layers per block)'),
+                                           else _mode_gates(e) + ' (expert layers per block)'),
           x=lambda e, c: c.trainable, xlabel='trainable parameters', logx=True,
           panels=(('Code', 'code'),)),
     Study(name='figure3_examples', variants=_figure3_examples_variants,
