@@ -44,8 +44,9 @@ class SmallScale:
   # and without the override); the same training (tests/test_softmax_computation.py).
   VARIABLE_NORM_SUMMARY = False
   # Each variable's optimizer update in its own XLA conditional (mode_pax.learners): the same
-  # training (bit for bit at these shapes), less than half the compile time (ComposeMathCode
-  # 50.4 s against 120.7, the Backbone 20.3 against 45.4; results/compile_time_small.md:
+  # training to float rounding (bit for bit here, except LoRA's), less than half the compile
+  # time (ComposeMathCode 50.4 s against 120.7, the Backbone 20.3 against 45.4;
+  # results/compile_time_small.md:
   # `python benchmarks/compile_time.py mode.small.ComposeMathCode '{}'
   # '{"CONDITIONAL_OPTIMIZER_UPDATE": false}'`).
   CONDITIONAL_OPTIMIZER_UPDATE = True

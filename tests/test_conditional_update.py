@@ -6,7 +6,8 @@ scanned layers (praxis vectorizes the optimizer over their stacking dimension).
 Valid steps match to float rounding here: the tests compile at XLA's optimisation level 0
 (run_env.TEST_XLA_FLAGS), where the two differ by an ulp in some elements (and by that much in
 the int8-quantized momentum). With XLA's default flags and the small scale's shapes they are
-bit for bit the same (`benchmarks/compile_time.py` compares the trained states)."""
+bit for bit the same for the Backbone, CodeExpert and ComposeMathCode, and not for LoraCode
+(`benchmarks/compile_time.py` compares the trained states)."""
 
 import functools
 
