@@ -43,9 +43,9 @@ class SmallScale:
   # `python benchmarks/compile_time.py mode.small.Backbone '{"VARIABLE_NORM_SUMMARY": true}'`
   # and without the override); the same training (tests/test_softmax_computation.py).
   VARIABLE_NORM_SUMMARY = False
-  # Each variable's optimizer update in its own XLA conditional (mode_pax.learners): the same
-  # training to float rounding (bit for bit here, except LoRA's), less than half the compile
-  # time (ComposeMathCode 50.4 s against 120.7, the Backbone 20.3 against 45.4;
+  # The optimizer update in XLA conditionals, one per shape of variable (mode_pax.learners): the
+  # same training to float rounding (bit for bit here, except LoRA's), well under half the compile
+  # time (ComposeMathCode 49.6 s against 154.2, the Backbone 18.5 against 41.8;
   # results/compile_time_small.md:
   # `python benchmarks/compile_time.py mode.small.ComposeMathCode '{}'
   # '{"CONDITIONAL_OPTIMIZER_UPDATE": false}'`).

@@ -1,32 +1,35 @@
-"""paxml's learner with each variable's optimizer update in its own XLA conditional.
+"""paxml's learner with the optimizer update in XLA conditionals, one per shape of variable.
 
 The same training, compiled faster on a CPU. paxml's `learners.Learner` skips a step whose
 gradients are not finite (`enable_skip_step_on_gradient_anomalies`): it computes every update,
 then selects the old optimizer state and a zero update with `jnp.where`. `ConditionalSkipLearner`
-skips it with one `jax.lax.cond` per variable instead, around praxis' own per-variable Adafactor
-update (`ConditionalAdafactor`). The arithmetic is praxis' own, but XLA may fuse (and contract into
-FMAs) differently inside a conditional, so the results agree to float rounding: at the small
-scale's shapes bit for bit for the Backbone, the experts and the compositions, not for LoRA (an
-ulp-level difference from the fourth step on; results/compile_time_small.md); in the tests (tiny
-shapes, XLA optimisation level 0) to float rounding; and a skipped step changes nothing
-(tests/test_conditional_update.py). What changes is how XLA:CPU compiles it: about half
-the compile time.
+skips it with `jax.lax.cond` instead, around praxis' own per-variable Adafactor update
+(`ConditionalAdafactor`), which runs once for all the variables of one shape, stacked under
+`jax.vmap` (`grouped_sharded_adafactor`; each variable keeps its own statistics and slots). The
+arithmetic is praxis' own, but XLA may fuse (and contract into FMAs) differently inside a
+conditional, so the results agree to float rounding: at the small scale's shapes bit for bit for
+the Backbone, the experts and the compositions, not for LoRA (an ulp-level difference from the
+fourth step on; results/compile_time_small.md); in the tests (tiny shapes, XLA optimisation level
+0) to float rounding; and a skipped step changes nothing (tests/test_conditional_update.py). What
+changes is how XLA:CPU compiles it: well under half the compile time.
 
 Why (measured, results/README.md): XLA:CPU emits the fusions of the train step's entry
 computation into one LLVM function, and LLVM's loop passes over that function grow faster than
 linearly with its size. With a scanned model, the optimizer's per-variable fusions and paxml's
 selects are most of that function (ComposeMathCode: about 1,180 fusions, 230k lines of IR); a
-conditional's branches are compiled as functions of their own. The conditional is on the step's
-validity, which paxml computes anyway, so it also skips the optimizer's arithmetic on a skipped
-step instead of discarding it.
+conditional's branches are compiled as functions of their own, and one branch per shape instead
+of per variable leaves less code to compile (ComposeMathCode: 9 conditionals instead of 72). The
+conditional is on the step's validity, which paxml computes anyway, so it also skips the
+optimizer's arithmetic on a skipped step instead of discarding it.
 
-Only for an XLA:CPU: on TPU, per-variable conditionals would serialise the optimizer's updates
+Only for an XLA:CPU: on TPU, the conditionals would serialise the optimizer's updates
 (`LmExperiment.CONDITIONAL_OPTIMIZER_UPDATE`, off at paper scale).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Any, Iterator
 
@@ -36,6 +39,7 @@ from jax import numpy as jnp
 from paxml import learners
 from praxis import base_layer
 from praxis import optimizers
+from praxis import py_utils
 
 # The step's validity while a ConditionalSkipLearner traces its optimizer update; a
 # ConditionalAdafactor outside such a learner (e.g. called directly) updates unconditionally.
@@ -82,18 +86,89 @@ class _ConditionalAdafactorHelper(optimizers._ShardedAdafactorHelper):  # pylint
     return optimizers._ShardedAdafactorUpdateResult(**dict(zip(_UPDATE_FIELDS, out)))  # pylint: disable=protected-access
 
 
+def _update_group_key(leaves: tuple[Any, ...]) -> tuple[Any, ...]:
+  """Variables whose gradient, slots and value have the same shapes and dtypes take the same
+  per-variable Adafactor computation (its choices, factoring and momentum storage, follow the
+  shape)."""
+  return tuple((x.shape, x.dtype) if hasattr(x, 'shape') else x for x in leaves)
+
+
+def _names_matter(helper: optimizers._ShardedAdafactorHelper) -> bool:  # pylint: disable=protected-access
+  """Whether praxis' per-variable update depends on the variable's name: per-name weight decay
+  or layerwise-adaptation exclusions (regexes), or per-variable summaries."""
+  return (isinstance(helper._weight_decay, dict)  # pylint: disable=protected-access
+          or bool(helper._layerwise_adaptation  # pylint: disable=protected-access
+                  and helper._exclude_from_layerwise_adaptation)  # pylint: disable=protected-access
+          or helper._per_var_learning_summary)  # pylint: disable=protected-access
+
+
+def grouped_sharded_adafactor(helper: optimizers._ShardedAdafactorHelper  # pylint: disable=protected-access
+                              ) -> optimizers.ShardedGradientTransformation:
+  """praxis' `sharded_adafactor` whose update computes variables of one shape together.
+
+  praxis maps the per-variable update over the variables one by one, so XLA compiles a copy of
+  Adafactor's arithmetic per variable: most of a MoDE composition's train step (its experts'
+  layers all have the same shapes). Here the variables of each `_update_group_key` are stacked
+  and the same per-variable update runs under `jax.vmap` (as praxis itself does for stacked
+  layers, `optimizer_prefix_vectorization`): one copy per group, each variable still updated on
+  its own (its own statistics, clipping and slots). State and results keep praxis' layout.
+  Where the update depends on variable names (`_names_matter`), each variable is updated alone.
+  """
+  praxis_tx = optimizers.sharded_adafactor(
+      helper._learning_rate_fn,  # pylint: disable=protected-access
+      sharded_adafactor_helper_fn=lambda **_: helper)
+  if _names_matter(helper):
+    return praxis_tx
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError('grouped_sharded_adafactor needs the current variables (`params`).')
+    leaves, treedef = jax.tree_util.tree_flatten(updates)
+    slots = [treedef.flatten_up_to(getattr(state, f)) for f in _UPDATE_FIELDS[1:]]
+    params = treedef.flatten_up_to(params)
+    names = treedef.flatten_up_to(py_utils.extract_prefixed_keys_from_nested_map(updates))
+    per_var = [(g, *(s[i] for s in slots), p) for i, (g, p) in enumerate(zip(leaves, params))]
+    groups = {}
+    for i, args in enumerate(per_var):
+      groups.setdefault(_update_group_key(args), []).append(i)
+
+    def update_one(name, *args):
+      result = helper.compute_var_and_slot_update(state.count, *args, name)
+      return tuple(getattr(result, f) for f in _UPDATE_FIELDS)
+
+    results = [None] * len(leaves)
+    for members in groups.values():
+      if len(members) == 1:
+        results[members[0]] = update_one(names[members[0]], *per_var[members[0]])
+        continue
+      stacked = [None if a[0] is None else jnp.stack(a)
+                 for a in zip(*(per_var[i] for i in members))]
+      # Any member's name: the update does not depend on it here (_names_matter).
+      out = jax.vmap(functools.partial(update_one, names[members[0]]))(*stacked)
+      for k, i in enumerate(members):
+        results[i] = tuple(None if o is None else o[k] for o in out)
+    new_updates = treedef.unflatten([r[0] for r in results])
+    new_state = optimizers.ShardedAdafactorState(
+        state.count + jnp.array(1, jnp.int32),
+        *(treedef.unflatten([r[j] for r in results]) for j in range(1, len(_UPDATE_FIELDS))))
+    return new_updates, new_state
+
+  return optimizers.ShardedGradientTransformation(
+      init=praxis_tx.init, update=update_fn, init_partition_spec=praxis_tx.init_partition_spec)
+
+
 class ConditionalAdafactor(optimizers.ShardedAdafactor):
   """praxis' ShardedAdafactor (same attributes, state and arithmetic) whose per-variable update
-  runs in an XLA conditional on the step's validity inside a `ConditionalSkipLearner`."""
+  runs in an XLA conditional on the step's validity inside a `ConditionalSkipLearner`, computed
+  for the variables of one shape together (`grouped_sharded_adafactor`)."""
 
   def _get_raw_grad_transformation(self, lr):
-    return optimizers.sharded_adafactor(
-        sharded_adafactor_helper_fn=_ConditionalAdafactorHelper,
-        **self._get_sharded_adafactor_kwargs(lr))
+    return grouped_sharded_adafactor(
+        _ConditionalAdafactorHelper(**self._get_sharded_adafactor_kwargs(lr)))
 
 
 class ConditionalSkipLearner(learners.Learner):
-  """paxml's Learner that skips an invalid step with per-variable conditionals.
+  """paxml's Learner that skips an invalid step with conditionals (one per shape of variable).
 
   The step's validity is paxml's own (`scale_gradients`: finite gradient norm, and below
   `skip_step_gradient_norm_value` if set). Requires a `ConditionalAdafactor` optimizer, the

@@ -20,6 +20,8 @@ from paxml import learners as paxml_learners
 from paxml import trainer_lib
 from praxis import base_layer
 from praxis import optimizers
+from praxis import pax_fiddle
+from praxis import schedules
 from praxis.layers import repeats
 
 from mode_pax import learners
@@ -70,7 +72,9 @@ def _run(method_name, conditional, steps=3):
       state, jax.random.PRNGKey(1), batch).compile()
   run = dict(learner=type(task.learners[0]), initial=_leaves(state),
              conditionals=step.as_text().count(' conditional('),
-             num_variables=len(jax.tree_util.tree_leaves(state.mdl_vars)), losses=[])
+             num_variables=len(jax.tree_util.tree_leaves(state.mdl_vars)),
+             num_shapes=len({(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(state.mdl_vars)}),
+             losses=[])
   for i in range(steps):
     state, out = step(state, jax.random.PRNGKey(i + 1), batch)
     run['losses'].append(float(out.loss))
@@ -112,9 +116,11 @@ def test_a_skipped_step_keeps_every_variable_slot_and_count(method):
       np.testing.assert_array_equal(value, expected)
 
 
-def test_each_variables_update_stays_a_conditional_after_xla_optimizes_the_step():
+def test_one_conditional_per_shape_of_variable_after_xla_optimizes_the_step():
+  # Variables of one shape (the blocks' stacked layers, each layer's norms) share one update.
   reference, run = _run('Pretrain', False), _run('Pretrain', True)
-  assert run['conditionals'] - reference['conditionals'] == run['num_variables']
+  assert run['num_shapes'] < run['num_variables']
+  assert run['conditionals'] - reference['conditionals'] == run['num_shapes']
 
 
 def test_the_conditional_learner_refuses_what_it_does_not_implement():
@@ -139,3 +145,27 @@ def test_cpu_scales_use_it_and_paper_scale_does_not():
     assert learner_p.optimizer.__fn_or_cls__ is learners.ConditionalAdafactor, name
   learner_p = registry.lookup('mode.params.CodeExpert')().task().train.learner
   assert learner_p.__fn_or_cls__ is paxml_learners.Learner
+
+
+@pytest.mark.parametrize('weight_decay', [1e-2, {'a': 0.5}])  # per-name: each updated alone
+def test_variables_of_one_shape_updated_together_as_praxis_updates_each(weight_decay):
+  opt = base_layer.instantiate(optimizers.ShardedAdafactor.HParamsAdamB().set(
+      learning_rate=1.0, weight_decay=weight_decay, min_dim_size_to_factor=4,
+      lr_schedule=pax_fiddle.Config(schedules.Constant)))
+  kwargs = opt._get_sharded_adafactor_kwargs(lambda count: 0.1)  # pylint: disable=protected-access
+  reference = optimizers.sharded_adafactor(**kwargs)
+  grouped = learners.grouped_sharded_adafactor(optimizers._ShardedAdafactorHelper(**kwargs))  # pylint: disable=protected-access
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 16))
+  params = {'a': jax.random.normal(next(keys), (8, 6)), 'b': jax.random.normal(next(keys), (8, 6)),
+            'c': jax.random.normal(next(keys), (6,)), 'd': jax.random.normal(next(keys), (6,))}
+  states = [reference.init(params), grouped.init(params)]
+  for _ in range(3):
+    grads = jax.tree_util.tree_map(lambda p: jax.random.normal(next(keys), p.shape), params)
+    (ref_updates, states[0]), (updates, states[1]) = (
+        tx.update(grads, state, params) for tx, state in zip((reference, grouped), states))
+    for value, expected in zip(jax.tree_util.tree_leaves((updates, states[1])),
+                               jax.tree_util.tree_leaves((ref_updates, states[0]))):
+      np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-7)
+    params = jax.tree_util.tree_map(jnp.add, params, updates)
+  # Same-shaped variables got different updates: each kept its own statistics.
+  assert not np.allclose(updates['a'], updates['b'])
