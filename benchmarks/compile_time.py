@@ -6,8 +6,13 @@ r"""Compile time and step time of one registered experiment's Pax train step (sy
   .venv/bin/python benchmarks/compile_time.py mode.small.ComposeMathCode \
       '{}' '{"CONDITIONAL_OPTIMIZER_UPDATE": false}' --rounds 3
 
+  # XLA flags compared (each --xla_flags one set; default: $XLA_FLAGS), e.g. an LLVM option:
+  .venv/bin/python benchmarks/compile_time.py mode.small.ComposeMathCode --rounds 2 \
+      --xla_flags= --xla_flags=--xla_backend_extra_options=-rotation-max-header-size=0
+
 A JSON overrides class attributes (e.g. unrolled vs scanned layers; SCAN_CHECKPOINT_POLICY by its
-member's name, e.g. "SAVE_EVERYTHING"). Prints a line per compile: lowering, XLA compile and the
+member's name, e.g. "SAVE_EVERYTHING"). Each compile runs in a fresh process (XLA reads XLA_FLAGS
+once per process; nothing cached from an earlier compile). Prints a line per compile: lowering, XLA compile and the
 fastest of --steps chained train steps; then, with several configurations, the median compile
 time of each and its ratio to the first's, and whether the configurations' train states (every
 variable and optimizer slot) after those steps are bit for bit the same. Warm starts are dropped
@@ -17,7 +22,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,37 +78,71 @@ def measure(name: str, overrides: dict, steps: int):
   return t1 - t0, t2 - t1, min(times) * 1000, loss, leaves
 
 
+def _child(args) -> None:
+  """One measurement in this process (XLA reads XLA_FLAGS once per process): its numbers as JSON
+  on the last line, the train state's leaves into args.child."""
+  lower_s, comp_s, step_ms, loss, leaves = measure(args.experiment, json.loads(args.overrides[0]),
+                                                   args.steps)
+  np.savez(args.child, *leaves)
+  print(json.dumps(dict(lower=lower_s, compile=comp_s, step_ms=step_ms, loss=loss)), flush=True)
+
+
+def _measure_in_child(args, overrides: str, xla_flags: str, out: str) -> tuple[dict, list]:
+  cmd = [sys.executable, os.path.abspath(__file__), args.experiment, overrides,
+         f'--steps={args.steps}', f'--child={out}']
+  proc = subprocess.run(cmd, env={**os.environ, 'XLA_FLAGS': xla_flags}, capture_output=True,
+                        text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f'{" ".join(cmd)} (XLA_FLAGS={xla_flags!r}) failed:\n{proc.stderr[-3000:]}')
+  with np.load(out) as saved:
+    leaves = [saved[f'arr_{i}'] for i in range(len(saved.files))]
+  return json.loads(proc.stdout.strip().splitlines()[-1]), leaves
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('experiment')
   parser.add_argument('overrides', nargs='*', default=['{}'],
                       help='one JSON object of class attributes per configuration')
+  parser.add_argument('--xla_flags', action='append', default=None,
+                      help='XLA_FLAGS of a configuration (repeat to compare several; each is '
+                      'combined with every JSON). Default: $XLA_FLAGS.')
   parser.add_argument('--rounds', type=int, default=1)
   parser.add_argument('--steps', type=int, default=int(os.environ.get('STEPS', 3)))
+  parser.add_argument('--child', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
-  configs = [json.loads(o) for o in args.overrides]
-  compile_s = {i: [] for i in range(len(configs))}
+  for o in args.overrides:  # bad JSON fails here, before any compiling
+    json.loads(o)
+  if args.child:
+    _child(args)
+    return
+  flag_sets = args.xla_flags or [os.environ.get('XLA_FLAGS', '')]
+  configs = [(o, f) for f in flag_sets for o in args.overrides]
+  compile_s = {c: [] for c in configs}
   states = {}
-  for r in range(args.rounds):
-    for i, overrides in enumerate(configs):
-      lower_s, comp_s, step_ms, loss, leaves = measure(args.experiment, overrides, args.steps)
-      compile_s[i].append(comp_s)
-      states.setdefault(i, leaves)
-      print(f"RESULT {args.experiment} {overrides} round={r} "
-            f"flags={os.environ.get('XLA_FLAGS', '')!r} lower={lower_s:.1f}s "
-            f"compile={comp_s:.1f}s step={step_ms:.0f}ms loss={loss:.4f}", flush=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in range(args.rounds):
+      for i, (overrides, xla_flags) in enumerate(configs):
+        res, leaves = _measure_in_child(args, overrides, xla_flags, os.path.join(tmp, f'{i}.npz'))
+        compile_s[(overrides, xla_flags)].append(res['compile'])
+        states.setdefault((overrides, xla_flags), leaves)
+        print(f"RESULT {args.experiment} {overrides} round={r} flags={xla_flags!r} "
+              f"lower={res['lower']:.1f}s compile={res['compile']:.1f}s "
+              f"step={res['step_ms']:.0f}ms loss={res['loss']:.4f}", flush=True)
   if len(configs) > 1:
-    first = statistics.median(compile_s[0])
-    for i, overrides in enumerate(configs):
-      med = statistics.median(compile_s[i])
+    first = statistics.median(compile_s[configs[0]])
+    for config in configs:
+      med = statistics.median(compile_s[config])
+      a_states, b_states = states[config], states[configs[0]]
       diffs = [float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0))
-               for a, b in zip(states[i], states[0])]
-      same = (len(states[i]) == len(states[0]) and
-              all(np.array_equal(a, b) for a, b in zip(states[i], states[0])))
-      print(f"SUMMARY {overrides}: median compile {med:.1f} s over {args.rounds} round(s), "
-            f"{med / first:.2f} x the first configuration's; train state after {args.steps} "
-            f"steps {'bit for bit the same as' if same else 'differs from'} the first's "
+               for a, b in zip(a_states, b_states)]
+      same = (len(a_states) == len(b_states) and
+              all(np.array_equal(a, b) for a, b in zip(a_states, b_states)))
+      print(f"SUMMARY {config[0]} flags={config[1]!r}: median compile {med:.1f} s over "
+            f"{args.rounds} round(s), {med / first:.2f} x the first configuration's; train "
+            f"state after {args.steps} steps "
+            f"{'bit for bit the same as' if same else 'differs from'} the first's "
             f"(max |diff| {max(diffs, default=0):.3g})", flush=True)
 
 
