@@ -90,7 +90,7 @@ def _update_group_key(leaves: tuple[Any, ...]) -> tuple[Any, ...]:
   """Variables whose gradient, slots and value have the same shapes and dtypes take the same
   per-variable Adafactor computation (its choices, factoring and momentum storage, follow the
   shape)."""
-  return tuple((x.shape, x.dtype) if hasattr(x, 'shape') else x for x in leaves)
+  return tuple((x.shape, x.dtype) for x in leaves)
 
 
 def _names_matter(helper: optimizers._ShardedAdafactorHelper) -> bool:  # pylint: disable=protected-access
@@ -141,17 +141,17 @@ def grouped_sharded_adafactor(helper: optimizers._ShardedAdafactorHelper  # pyli
       if len(members) == 1:
         results[members[0]] = update_one(names[members[0]], *per_var[members[0]])
         continue
-      stacked = [None if a[0] is None else jnp.stack(a)
-                 for a in zip(*(per_var[i] for i in members))]
+      stacked = [jnp.stack(a) for a in zip(*(per_var[i] for i in members))]
       # Any member's name: the update does not depend on it here (_names_matter).
       out = jax.vmap(functools.partial(update_one, names[members[0]]))(*stacked)
       for k, i in enumerate(members):
-        results[i] = tuple(None if o is None else o[k] for o in out)
-    new_updates = treedef.unflatten([r[0] for r in results])
-    new_state = optimizers.ShardedAdafactorState(
-        state.count + jnp.array(1, jnp.int32),
-        *(treedef.unflatten([r[j] for r in results]) for j in range(1, len(_UPDATE_FIELDS))))
-    return new_updates, new_state
+        results[i] = tuple(o[k] for o in out)
+    # Back into praxis' per-variable results and, as praxis does, its state.
+    output = treedef.unflatten(
+        [optimizers._ShardedAdafactorUpdateResult(**dict(zip(_UPDATE_FIELDS, r)))  # pylint: disable=protected-access
+         for r in results])
+    new_updates = jax.tree_util.tree_map(lambda o: o.update, output)
+    return new_updates, helper.to_state(state.count + jnp.array(1, jnp.int32), output)
 
   return optimizers.ShardedGradientTransformation(
       init=praxis_tx.init, update=update_fn, init_partition_spec=praxis_tx.init_partition_spec)
