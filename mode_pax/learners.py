@@ -18,7 +18,8 @@ computation into one LLVM function, and LLVM's loop passes over that function gr
 linearly with its size. With a scanned model, the optimizer's per-variable fusions and paxml's
 selects are most of that function (ComposeMathCode: about 1,180 fusions, 230k lines of IR); a
 conditional's branches are compiled as functions of their own, and one branch per shape instead
-of per variable leaves less code to compile (ComposeMathCode: 9 conditionals instead of 72). The
+of per variable leaves less code to compile (ComposeMathCode: 9 conditionals instead of 72). Each
+group's stacking and unstacking happen inside its branch, out of the entry function too. The
 conditional is on the step's validity, which paxml computes anyway, so it also skips the
 optimizer's arithmetic on a skipped step instead of discarding it.
 
@@ -59,7 +60,9 @@ def _updating_if(valid_step: jax.Array) -> Iterator[None]:
 
 
 class _ConditionalAdafactorHelper(optimizers._ShardedAdafactorHelper):  # pylint: disable=protected-access
-  """praxis' per-variable Adafactor update, under `lax.cond` on the step's validity.
+  """praxis' per-variable Adafactor update, under `lax.cond` on the step's validity (where
+  variables are updated one by one, `_names_matter`; groups take one conditional each,
+  `_update_unless_skipped`).
 
   A skipped step keeps the variable's slots and gives a zero update: what paxml's learner's
   selects produce. The predicate is a scalar computed outside praxis' vmap over stacked layers
@@ -84,6 +87,20 @@ class _ConditionalAdafactorHelper(optimizers._ShardedAdafactorHelper):  # pylint
 
     out = jax.lax.cond(valid_step, update, skip, grad, (m, m_scale, vr, vc, v), param)
     return optimizers._ShardedAdafactorUpdateResult(**dict(zip(_UPDATE_FIELDS, out)))  # pylint: disable=protected-access
+
+
+def _update_unless_skipped(valid_step: jax.Array, update, group_args):
+  """`update(group_args)` in a conditional on the step's validity. The stacking and unstacking
+  of the group compile inside its branch (a function of its own), not in the entry computation.
+  A skipped step gives each member a zero update and its slots unchanged (what paxml's
+  learner's selects give)."""
+  def skip(group_args):
+    shapes = jax.eval_shape(update, group_args)
+    return tuple((jnp.zeros(s[0].shape, s[0].dtype),) + tuple(args[1:len(_UPDATE_FIELDS)])
+                 for s, args in zip(shapes, group_args))
+
+  with _updating_if(None):  # no conditional per variable inside this one
+    return jax.lax.cond(valid_step, update, skip, group_args)
 
 
 def _update_group_key(leaves: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -136,16 +153,24 @@ def grouped_sharded_adafactor(helper: optimizers._ShardedAdafactorHelper  # pyli
       result = helper.compute_var_and_slot_update(state.count, *args, name)
       return tuple(getattr(result, f) for f in _UPDATE_FIELDS)
 
+    def update_group(name, group_args):
+      """Each member's update fields: praxis' update, under jax.vmap for a group of several."""
+      if len(group_args) == 1:
+        return (update_one(name, *group_args[0]),)
+      stacked = [jnp.stack(a) for a in zip(*group_args)]
+      out = jax.vmap(functools.partial(update_one, name))(*stacked)
+      return tuple(tuple(o[k] for o in out) for k in range(len(group_args)))
+
+    valid_step = getattr(_step_validity, 'value', None)
     results = [None] * len(leaves)
     for members in groups.values():
-      if len(members) == 1:
-        results[members[0]] = update_one(names[members[0]], *per_var[members[0]])
-        continue
-      stacked = [jnp.stack(a) for a in zip(*(per_var[i] for i in members))]
       # Any member's name: the update does not depend on it here (_names_matter).
-      out = jax.vmap(functools.partial(update_one, names[members[0]]))(*stacked)
-      for k, i in enumerate(members):
-        results[i] = tuple(o[k] for o in out)
+      update = functools.partial(update_group, names[members[0]])
+      group_args = tuple(per_var[i] for i in members)
+      out = (update(group_args) if valid_step is None
+             else _update_unless_skipped(valid_step, update, group_args))
+      for i, r in zip(members, out):
+        results[i] = r
     # Back into praxis' per-variable results and, as praxis does, its state.
     output = treedef.unflatten(
         [optimizers._ShardedAdafactorUpdateResult(**dict(zip(_UPDATE_FIELDS, r)))  # pylint: disable=protected-access

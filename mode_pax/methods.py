@@ -63,6 +63,9 @@ class MoDE(experiment.LmExperiment):
   # (`mode_pax.convert --expert_gates` composes them into `expert_gates_dir()`; the pipeline does
   # it before training).
   GATES_FROM_EXPERTS = False
+  # How a block's experts compute, not what (MoDEBlock.vectorize_experts): as one expert under
+  # jax.vmap over their variables, so XLA compiles each block's experts once.
+  VECTORIZE_EXPERTS = False
 
   def adapt_lm(self, lm_tpl):
     mode_lm = mode.to_mode_lm(lm_tpl, num_blocks=self.NUM_BLOCKS,
@@ -70,6 +73,7 @@ class MoDE(experiment.LmExperiment):
                               expert_layers=self.EXPERT_LAYERS)
     mode_lm.stacked_transformer_tpl.gate_tpl.initial_backbone_weight = (
         self.GATE_INITIAL_BACKBONE_WEIGHT)
+    mode_lm.stacked_transformer_tpl.block_tpl.vectorize_experts = self.VECTORIZE_EXPERTS
     return mode_lm
 
   def trainable_variables(self) -> Sequence[str]:

@@ -252,3 +252,75 @@ def test_gate_can_start_at_a_given_backbone_weight_and_still_learn(num_outputs, 
   with pytest.raises(ValueError, match=r'initial_backbone_weight=1.0 must be in \(0, 1\)'):
     instantiate(pax_fiddle.Config(mode.MoDEGate, name='g', input_dims=16, num_outputs=2,
                                   initial_backbone_weight=1.0)).init(jax.random.PRNGKey(0), x)
+
+
+def _vectorized(tpl, vectorize):
+  tpl = tpl.clone()
+  tpl.stacked_transformer_tpl.block_tpl.vectorize_experts = vectorize
+  return tpl
+
+
+def test_vectorized_experts_are_each_praxis_expert_on_its_own_variables():
+  block_tpl = _block_tpl(num_experts=3).set(vectorize_experts=True)
+  block = instantiate(block_tpl)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
+  paddings = jnp.zeros((2, 5)).at[1, -2:].set(1.0)
+  variables = lm_fixtures.init_vars(block, x, paddings)
+  branches = lm_fixtures.apply(block, variables, x, paddings,
+                               method=mode.MoDEBlock.branch_outputs)
+  # The reference: praxis' StackedTransformer, applied alone to each expert's own variables.
+  expert = instantiate(block_tpl.expert_tpl.clone().set(name='expert'))
+  assert len(branches) == 4
+  for j in range(3):
+    expected = lm_fixtures.apply(expert, {'params': variables['params'][f'experts_{j}']},
+                                 x, paddings)
+    np.testing.assert_allclose(branches[j + 1], expected, rtol=1e-5, atol=1e-6, err_msg=j)
+  assert not np.allclose(branches[1], branches[2], atol=1e-3)
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_vectorized_experts_train_like_experts_called_one_by_one(scan_layers):
+  """The LM's loss and its gradient for every variable are those of the unvectorized block,
+  whose variables are the same (vectorizing changes no variable), while the vectorized step
+  holds one expert's matmuls per block (3 experts batched into one)."""
+  tpl = mode.to_mode_lm(
+      mode.blocked_backbone(lm_fixtures.tiny_lm_tpl(), num_blocks=2) if scan_layers
+      else lm_fixtures.tiny_lm_tpl(), num_blocks=2, num_domain_experts=3, expert_layers=1)
+  ids, paddings, labels = lm_fixtures.lm_inputs()
+  lms = {v: instantiate(_vectorized(tpl, v).set(name='lm')) for v in (False, True)}
+  variables = lm_fixtures.init_vars(lms[False], ids, paddings, labels=labels)
+  vec_variables = lm_fixtures.init_vars(lms[True], ids, paddings, labels=labels)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, variables, vec_variables)
+
+  def loss(vectorize):
+    return lambda p: lm_fixtures.apply(lms[vectorize], {'params': p}, ids, paddings,
+                                       labels=labels).total_xent
+  values = {v: jax.value_and_grad(loss(v))(variables['params']) for v in (False, True)}
+  np.testing.assert_allclose(values[True][0], values[False][0], rtol=1e-6)
+  plain_grads, vec_grads = _flat(values[False][1]), _flat(values[True][1])
+  assert set(plain_grads) == set(vec_grads)
+  for path, g in plain_grads.items():
+    np.testing.assert_allclose(vec_grads[path], g, rtol=1e-4, atol=1e-7, err_msg=path)
+  assert np.abs(plain_grads['transformer/blocks_0/gate/logits/linear/w']).max() > 0
+  if scan_layers:
+    return  # the matmul count below does not depend on scanning
+
+  def dots(lm, params):
+    fn = lambda p: lm_fixtures.apply(lm, {'params': p}, ids, paddings, labels=labels).total_xent
+    return len(re.findall(r'stablehlo\.dot_general', jax.jit(jax.grad(fn)).lower(params).as_text()))
+  one_tpl = tpl.clone()
+  one_tpl.stacked_transformer_tpl.num_domain_experts = 1
+  one_lm = instantiate(one_tpl.set(name='lm'))
+  one_params = lm_fixtures.init_vars(one_lm, ids, paddings, labels=labels)['params']
+  # One expert's matmuls per block, as in a MoDE LM with a single expert.
+  assert dots(lms[True], variables['params']) == dots(one_lm, one_params)
+  assert dots(lms[False], variables['params']) > dots(one_lm, one_params)
+
+
+def test_cpu_scale_vectorizes_the_experts_and_paper_scale_does_not():
+  from mode_pax import registry  # pylint: disable=g-import-not-at-top
+
+  def block(name):
+    return registry.lookup(name)().task().model.lm_tpl.stacked_transformer_tpl.block_tpl
+  assert block('mode.small.ComposeMathCode').vectorize_experts
+  assert not block('mode.params.ComposeMathCode').vectorize_experts

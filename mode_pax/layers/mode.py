@@ -128,12 +128,20 @@ class MoDEBlock(base_layer.BaseLayer):
     backbone_tpl: StackedTransformer template for the block's backbone layers.
     expert_tpl: StackedTransformer template for the layers of one expert.
     gate_tpl: MoDEGate template.
+    vectorize_experts: Compute the N experts (one template, so the same shapes) as one expert
+      under `jax.vmap` over their variables, stacked as the block runs: XLA compiles a block's
+      experts once, not N times (their matmuls become batched ones). The variables stay one
+      set per expert (checkpoints unchanged) and the function is the same to float rounding;
+      each expert draws its own dropout masks, but not the ones it draws unvectorized, and
+      summaries written inside the experts' layers are not collected. Needs N >= 2 (N = 1
+      computes as without it).
   """
   model_dims: int = 0
   num_experts: int = 0
   backbone_tpl: LayerTpl = template_field(transformers.StackedTransformer)
   expert_tpl: LayerTpl = template_field(transformers.StackedTransformer)
   gate_tpl: LayerTpl = template_field(MoDEGate)
+  vectorize_experts: bool = False
 
   class ActivationSharding(base_layer.BaseLayer.ActivationSharding):
     """Activation sharding of the block.
@@ -154,9 +162,30 @@ class MoDEBlock(base_layer.BaseLayer):
                      segment_mask: JTensor | None = None,
                      segment_pos: JTensor | None = None) -> list[JTensor]:
     """f_bb(x) followed by f_j(x) for each expert j, all on the same input."""
-    branches = [self.backbone] + list(self.experts if self.num_experts else [])
-    return [b(inputs, paddings, segment_mask=segment_mask, segment_pos=segment_pos)
-            for b in branches]
+    kwargs = dict(segment_mask=segment_mask, segment_pos=segment_pos)
+    outputs = [self.backbone(inputs, paddings, **kwargs)]
+    # Initialisation creates each expert's variables by calling it.
+    if self.vectorize_experts and self.num_experts > 1 and not self.is_initializing():
+      return outputs + self._vectorized_expert_outputs(inputs, paddings, **kwargs)
+    return outputs + [e(inputs, paddings, **kwargs)
+                      for e in (self.experts if self.num_experts else [])]
+
+  def _vectorized_expert_outputs(self, inputs: JTensor, paddings: JTensor,
+                                 **kwargs) -> list[JTensor]:
+    """[f_1(x), ..., f_N(x)] from one expert applied under jax.vmap to the N experts' variables
+    (flax's lifted `nn.vmap` would need them stored stacked: another checkpoint layout)."""
+    variables = [{c: v for c, v in e.variables.items() if not self.is_mutable_collection(c)}
+                 for e in self.experts]
+    stacked = jax.tree_util.tree_map(lambda *vs: jnp.stack(vs), *variables)
+    expert = self.experts[0].clone(parent=None)  # unbound: applied to each set of variables
+    keys = (jax.random.split(self.next_prng_key(), self.num_experts)
+            if self.has_rng(base_layer.RANDOM) else None)
+
+    def apply(expert_variables, key):
+      rngs = None if key is None else {base_layer.RANDOM: key}
+      return expert.apply(expert_variables, inputs, paddings, rngs=rngs, **kwargs)
+
+    return list(jax.vmap(apply)(stacked, keys))
 
   def __call__(self, inputs: JTensor, paddings: JTensor,
                segment_mask: JTensor | None = None,
