@@ -33,6 +33,7 @@ class TinyScale:
   EVAL_INTERVAL_STEPS = 100
   SUMMARY_INTERVAL_STEPS = 2
   LORA_RANK = 4
+  VECTORIZE_EXPERTS = True  # as mode.small: the compositions' runs go through the vmapped experts
 
 
 SWEEPS = studies.Sweeps(lora_ranks=(2,), code_sizes=(10,), mixture_sizes=(20,),
