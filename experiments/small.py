@@ -43,6 +43,13 @@ class SmallScale:
   # `python benchmarks/compile_time.py mode.small.Backbone '{"VARIABLE_NORM_SUMMARY": true}'`
   # and without the override); the same training (tests/test_softmax_computation.py).
   VARIABLE_NORM_SUMMARY = False
+  # No clipped/applied gradient norm or total variable norm summaries (the raw gradient norm is
+  # still written, mode_pax.learners.ConditionalSkipLearner): they were a third of a train step's
+  # compile time (ComposeMathCode 41.6 s with them, 26.2 without, medians of 2 interleaved
+  # rounds; 41.3 against 27.7 in another run), the same training bit for bit:
+  # `python benchmarks/compile_time.py mode.small.ComposeMathCode '{}'
+  # '{"LEARNER_NORM_SUMMARIES": false}' --rounds 2`.
+  LEARNER_NORM_SUMMARIES = False
   # The optimizer update in XLA conditionals, one per shape of variable (mode_pax.learners): the
   # same training to float rounding (bit for bit here, except LoRA's), well under half the compile
   # time (ComposeMathCode 49.6 s against 154.2, the Backbone 18.5 against 41.8;

@@ -78,6 +78,11 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   # variable and of every level of the variable tree, computed in each train step). Summaries
   # only: the learner's total var_norm and grad norms are written either way.
   VARIABLE_NORM_SUMMARY = True
+  # paxml's learner's norm summaries (`grad_norm_summary`: the raw, clipped and applied gradient
+  # norms; `var_norm_summary`: the total variable norm), each a sum over every variable computed
+  # in each train step. Summaries only. Off, a ConditionalSkipLearner still writes the raw
+  # gradient norm, which the step's validity check computes anyway.
+  LEARNER_NORM_SUMMARIES = True
   # The optimizer update in XLA conditionals on the step's validity, one per shape of variable
   # (`mode_pax.learners`): the same training, a train step that XLA:CPU compiles in well under
   # half the time. Off for TPUs, where the conditionals would serialise the updates.
@@ -222,6 +227,8 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
     # batches an uninterrupted one would (bit-identical results).
     task_p.train.enable_input_checkpointing = True
     task_p.train.variable_norm_summary = self.VARIABLE_NORM_SUMMARY
+    task_p.train.learner.grad_norm_summary = self.LEARNER_NORM_SUMMARIES
+    task_p.train.learner.var_norm_summary = self.LEARNER_NORM_SUMMARIES
     if self.CONDITIONAL_OPTIMIZER_UPDATE:
       learners.use_conditional_update(task_p)
     return task_p

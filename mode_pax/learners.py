@@ -200,8 +200,13 @@ class ConditionalSkipLearner(learners.Learner):
   anomaly skip and check on (paxml's defaults), and no overwrite-with-gradient variables.
 
   Attributes:
-    Those of paxml's `learners.Learner`.
+    raw_grad_norm_summary: Writes 'learning/raw_grad_norm' also with `grad_norm_summary` off:
+      the norm paxml's `scale_gradients` computes for the step's validity anyway (XLA merges the
+      two identical computations), so the curve costs nothing, unlike the clipped and applied
+      gradient norms `grad_norm_summary` adds.
+    Besides those of paxml's `learners.Learner`.
   """
+  raw_grad_norm_summary: bool = True
 
   def __post_init__(self):
     super().__post_init__()
@@ -221,6 +226,10 @@ class ConditionalSkipLearner(learners.Learner):
            for h in jax.tree_util.tree_leaves(var_weight_hparams)):
       raise ValueError('ConditionalSkipLearner does not support overwrite_with_gradient '
                        'variables; use paxml.learners.Learner.')
+    if self.raw_grad_norm_summary and not self.grad_norm_summary:
+      base_layer.add_global_summary(
+          'learning/raw_grad_norm', learners._compute_norm(grads),  # pylint: disable=protected-access
+          base_layer.SummaryType.AGGREGATE_SCALAR)
     grads, valid_step = self.scale_gradients(grads)
     with _updating_if(valid_step):
       transformed_grad, new_states = self.get_grad_tx(var_weight_hparams).update(

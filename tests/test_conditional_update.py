@@ -57,13 +57,15 @@ METHODS = {
 
 
 @functools.lru_cache(maxsize=None)
-def _run(method_name, conditional, steps=3):
+def _run(method_name, conditional, steps=3, norm_summaries=True):
   """One tiny experiment's Pax train step, compiled once: its learner class, the number of
-  conditionals in its optimized HLO, the leaves before and after `steps` valid steps and their
-  losses, then the leaves before and after one step on a NaN variable (which paxml skips)."""
+  conditionals in its optimized HLO, the leaves before and after `steps` valid steps, their
+  losses and first step's summaries, then the leaves before and after one step on a NaN variable
+  (which paxml skips)."""
   method, overrides = METHODS[method_name]
   exp = type('Tiny', (test_freezing.TinyAdaptation, method),
-             dict(SCANNED, CONDITIONAL_OPTIMIZER_UPDATE=conditional, **overrides))()
+             dict(SCANNED, CONDITIONAL_OPTIMIZER_UPDATE=conditional,
+                  LEARNER_NORM_SUMMARIES=norm_summaries, **overrides))()
   task = base_layer.instantiate(exp.task())
   ids, paddings, _ = lm_fixtures.lm_inputs(batch=4, length=12)
   batch = lm_batch.lm_batch(ids, jnp.roll(ids, -1, axis=1), paddings=paddings)
@@ -78,6 +80,8 @@ def _run(method_name, conditional, steps=3):
   for i in range(steps):
     state, out = step(state, jax.random.PRNGKey(i + 1), batch)
     run['losses'].append(float(out.loss))
+    if i == 0:
+      run['summaries'] = {k: float(v) for k, v in out.summary_tensors.items() if v.ndim == 0}
   run['trained'] = _leaves(state)
   state = _poison(state, 'params/lm/final_ln/scale')
   run['before_skip'] = _leaves(state)
@@ -116,6 +120,21 @@ def test_a_skipped_step_keeps_every_variable_slot_and_count(method):
       np.testing.assert_array_equal(value, expected)
 
 
+def test_without_norm_summaries_the_raw_gradient_norm_is_still_written():
+  """LEARNER_NORM_SUMMARIES=False (the CPU scales): no clipped or applied gradient norm and no
+  variable norm, the same training, and the raw gradient norm paxml's own Learner reports."""
+  reference, run = _run('MoDE', False), _run('MoDE', True, norm_summaries=False)
+  norms = ('learning/raw_grad_norm', 'learning/clipped_grad_norm', 'learning/applied_grad_norm',
+           'learning/var_norm')
+  assert {f'{n}_aggregate_scalar' for n in norms} <= reference['summaries'].keys()
+  assert {n for n in norms if f'{n}_aggregate_scalar' in run['summaries']} == {
+      'learning/raw_grad_norm'}
+  raw = 'learning/raw_grad_norm_aggregate_scalar'
+  assert reference['summaries'][raw] > 0
+  np.testing.assert_allclose(run['summaries'][raw], reference['summaries'][raw], rtol=1e-5)
+  np.testing.assert_allclose(run['losses'], reference['losses'], rtol=1e-6)
+
+
 def test_one_conditional_per_shape_of_variable_after_xla_optimizes_the_step():
   # Variables of one shape (the blocks' stacked layers, each layer's norms) share one update.
   reference, run = _run('Pretrain', False), _run('Pretrain', True)
@@ -143,8 +162,12 @@ def test_cpu_scales_use_it_and_paper_scale_does_not():
     learner_p = registry.lookup(f'mode.small.{name}')().task().train.learner
     assert learner_p.__fn_or_cls__ is learners.ConditionalSkipLearner, name
     assert learner_p.optimizer.__fn_or_cls__ is learners.ConditionalAdafactor, name
+    # The CPU scale drops the norm summaries but the raw gradient norm (compile time).
+    assert not learner_p.grad_norm_summary and not learner_p.var_norm_summary, name
+    assert learner_p.raw_grad_norm_summary, name
   learner_p = registry.lookup('mode.params.CodeExpert')().task().train.learner
   assert learner_p.__fn_or_cls__ is paxml_learners.Learner
+  assert learner_p.grad_norm_summary and learner_p.var_norm_summary
 
 
 @pytest.mark.parametrize('weight_decay', [1e-2, {'a': 0.5}])  # per-name: each updated alone

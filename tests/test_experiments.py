@@ -406,17 +406,37 @@ def _argmax_accuracy(name, token_ids):
   return correct / total
 
 
-def test_a_study_trains_evaluates_and_writes_table_and_figure(runs, tmp_path):
+def test_figure3_examples_counts_each_runs_training_examples(runs):
+  """Figure 3 (right)'s x: 10 examples for the N10 runs, the whole Code train split otherwise
+  (of the fixture's data build)."""
   del runs
   from mode_pax import studies  # pylint: disable=g-import-not-at-top
   assert studies.study_runs('figure3_examples', MODULE) == [
       'CodeExpert', 'CodeExpertN10', 'LoraCode', 'LoraCodeN10']
-  out = studies.run_study('figure3_examples', 'tiny', str(tmp_path), module=MODULE, jobs=2)
-  table = open(out).read()
-  # x = training examples: 10 for the N10 runs, the whole Code train split for the others.
+  from mode import studies as specs  # pylint: disable=g-import-not-at-top
+  study = specs.BY_NAME['figure3_examples']
   whole = tasks.num_train_examples(tasks.CODE)
   assert whole > 10
   for name, x in (('CodeExpertN10', 10), ('LoraCodeN10', 10), ('CodeExpert', whole),
                   ('LoraCode', whole)):
-    assert re.search(rf'\| {name} \| (MoDE|LoRA) \| {x:,} \|', table), (name, table)
-  assert os.path.getsize(str(tmp_path / 'figure3_examples_tiny.png')) > 1000
+    exp = registry.lookup(f'{MODULE}.{name}')
+    assert study.x(exp, None) == x, name
+
+
+def test_a_study_trains_evaluates_and_writes_table_and_figure(runs, tmp_path):
+  """backbone_steps: the fixture's Backbone (4 steps) is reused, BackboneSteps2 trains; both are
+  scored on the validation splits and tabled by their steps."""
+  del runs
+  from mode_pax import studies  # pylint: disable=g-import-not-at-top
+  assert studies.study_runs('backbone_steps', MODULE) == ['Backbone', 'BackboneSteps2']
+  assert not os.path.exists(_dir('BackboneSteps2'))
+  out = studies.run_study('backbone_steps', 'tiny', str(tmp_path), module=MODULE, jobs=2)
+  assert paths.latest_checkpoint_step(paths.checkpoint_dir(_dir('BackboneSteps2'))) == 2
+  table = open(out).read()
+  for name, steps in (('Backbone', 4), ('BackboneSteps2', 2)):
+    assert re.search(rf'\| {name} \| {steps} \|', table), (name, table)
+  rows = list(csv.DictReader(open(str(tmp_path / 'backbone_steps_tiny.csv'))))
+  assert [r['experiment'] for r in rows] == ['BackboneSteps2', 'Backbone']
+  # Two runs, two trainings: different validation accuracies.
+  assert rows[0]['english'] != rows[1]['english'], rows
+  assert os.path.getsize(str(tmp_path / 'backbone_steps_tiny.png')) > 1000

@@ -33,11 +33,17 @@ class TinyScale:
   EVAL_INTERVAL_STEPS = 100
   SUMMARY_INTERVAL_STEPS = 2
   LORA_RANK = 4
-  VECTORIZE_EXPERTS = True  # as mode.small: the compositions' runs go through the vmapped experts
+  # As mode.small: the compositions' runs go through the vmapped experts, every run through the
+  # conditional optimizer update without the norm summaries it drops.
+  VECTORIZE_EXPERTS = True
+  CONDITIONAL_OPTIMIZER_UPDATE = True
+  VARIABLE_NORM_SUMMARY = False
+  LEARNER_NORM_SUMMARIES = False
 
 
+# backbone_steps: the study test's end-to-end run (one new stage besides the fixture's Backbone).
 SWEEPS = studies.Sweeps(lora_ranks=(2,), code_sizes=(10,), mixture_sizes=(20,),
-                        expert_layer_counts=(1,))
+                        expert_layer_counts=(1,), backbone_steps=(2,))
 globals().update(recipes.register_all(TinyScale, __name__, SWEEPS))
 
 
