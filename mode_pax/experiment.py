@@ -76,7 +76,7 @@ class LmExperiment(model_params.TransformerLmSpmdAdafactor):
   SOFTMAX_CHUNK_SIZE: int | None = None
   # paxml's per-variable norm summaries (`task.train.variable_norm_summary`: the L2 mean of every
   # variable and of every level of the variable tree, computed in each train step). Summaries
-  # only: the learner's total var_norm and grad norms are written either way.
+  # only: the learner's own norms are LEARNER_NORM_SUMMARIES' concern.
   VARIABLE_NORM_SUMMARY = True
   # paxml's learner's norm summaries (`grad_norm_summary`: the raw, clipped and applied gradient
   # norms; `var_norm_summary`: the total variable norm), each a sum over every variable computed
