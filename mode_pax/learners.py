@@ -59,6 +59,16 @@ def _updating_if(valid_step: jax.Array) -> Iterator[None]:
     _step_validity.value = previous
 
 
+def _zero_update_keeping_slots(fields_shapes, grad_slots_param) -> tuple[Any, ...]:
+  """One variable's update fields on a skipped step (what paxml's learner's selects give): a
+  zero update, and its slots unchanged where the update has them (None where it has none).
+  `fields_shapes` are the update fields' shapes (`jax.eval_shape` of the update, not computed);
+  `grad_slots_param` is the variable's (grad, *slots, param)."""
+  slots = grad_slots_param[1:len(_UPDATE_FIELDS)]
+  return (jnp.zeros(fields_shapes[0].shape, fields_shapes[0].dtype),) + tuple(
+      None if shape is None else slot for shape, slot in zip(fields_shapes[1:], slots))
+
+
 class _ConditionalAdafactorHelper(optimizers._ShardedAdafactorHelper):  # pylint: disable=protected-access
   """praxis' per-variable Adafactor update, under `lax.cond` on the step's validity (where
   variables are updated one by one, `_names_matter`; groups take one conditional each,
@@ -79,11 +89,8 @@ class _ConditionalAdafactorHelper(optimizers._ShardedAdafactorHelper):  # pylint
       return tuple(getattr(result, name) for name in _UPDATE_FIELDS)
 
     def skip(grad, slots, param):
-      # The update's shape and which slots this variable has (None: none), without computing.
-      shapes = jax.eval_shape(update, grad, slots, param)
-      zero_update = jnp.zeros(shapes[0].shape, shapes[0].dtype)
-      return (zero_update,) + tuple(
-          None if shape is None else slot for shape, slot in zip(shapes[1:], slots))
+      return _zero_update_keeping_slots(jax.eval_shape(update, grad, slots, param),
+                                        (grad, *slots, param))
 
     out = jax.lax.cond(valid_step, update, skip, grad, (m, m_scale, vr, vc, v), param)
     return optimizers._ShardedAdafactorUpdateResult(**dict(zip(_UPDATE_FIELDS, out)))  # pylint: disable=protected-access
@@ -95,9 +102,7 @@ def _update_unless_skipped(valid_step: jax.Array, update, group_args):
   A skipped step gives each member a zero update and its slots unchanged (what paxml's
   learner's selects give)."""
   def skip(group_args):
-    shapes = jax.eval_shape(update, group_args)
-    return tuple((jnp.zeros(s[0].shape, s[0].dtype),) + tuple(args[1:len(_UPDATE_FIELDS)])
-                 for s, args in zip(shapes, group_args))
+    return tuple(map(_zero_update_keeping_slots, jax.eval_shape(update, group_args), group_args))
 
   with _updating_if(None):  # no conditional per variable inside this one
     return jax.lax.cond(valid_step, update, skip, group_args)
