@@ -22,7 +22,13 @@ random token ids, no padding; a step-time benchmark, the data pipeline has its o
                             `params + update`. No summaries, no anomaly checks, no step masking;
   pax:FullFinetuneMathCode  Pax's step of `mode.small.FullFinetuneMathCode` (all variables train);
   fwd:Backbone              (--scale smollm2's default, with the two pax: steps) the forward pass
-                            and loss of the backbone alone (evaluation mode, no gradient).
+                            and loss of the backbone alone (evaluation mode, no gradient);
+  matmul:MxKxN              (on request) one float32 [M, K] x [K, N] matmul, e.g. a model's own
+                            shapes (small scale: 1024 tokens, width 128, FFN 512, vocabulary
+                            8192), reported as a percentage of the matmul peak below.
+
+Every run also times `matmul:2048` (a float32 [2048, 2048] x [2048, 2048] matmul, the machine's
+practical matmul peak) in the same rounds, so FLOP/s are ratios to it taken under the same load.
 
 Configurations are interleaved: `--rounds` rounds, each running `--steps` steps of every
 configuration in turn (default: one step each, A B C A B C ...), so load changes on this shared
@@ -103,6 +109,18 @@ def experiment_class(spec: str, scale: str = 'small') -> type:
           if overrides else cls)
 
 
+def matmul_shape(cfg: str) -> tuple[int, int, int]:
+  """'matmul:1024x128x8192' -> (1024, 128, 8192): [M, K] x [K, N]."""
+  m = re.fullmatch(r'matmul:(\d+)x(\d+)x(\d+)', cfg)
+  if not m:
+    raise ValueError(f'--configs: {cfg!r}: give a matmul as matmul:MxKxN (positive integers), '
+                     'e.g. matmul:1024x128x8192.')
+  shape = tuple(int(d) for d in m.groups())
+  if min(shape) < 1:
+    raise ValueError(f'--configs: {cfg!r}: every dimension must be at least 1.')
+  return shape
+
+
 def split_configs(configs: str) -> list[str]:
   """'pax:A,jax:B[X=1,Y=2]' -> ['pax:A', 'jax:B[X=1,Y=2]'] (commas inside [...] kept)."""
   return [c.strip() for c in re.findall(r'(?:[^,\[]|\[[^\]]*\])+', configs) if c.strip()]
@@ -174,15 +192,17 @@ class ForwardStep:
     return loss
 
 
-class MatmulPeak:
-  """One float32 [n, n] x [n, n] matmul (jitted): the machine's practical matmul peak, timed in
-  the same rounds as the steps, so FLOP/s ratios see the same load."""
+class Matmul:
+  """One float32 [m, k] x [k, n] matmul (jitted), timed in the same rounds as the steps, so
+  FLOP/s ratios see the same load. [2048, 2048] x [2048, 2048]: the machine's practical matmul
+  peak."""
 
-  def __init__(self, n: int = 2048):
+  def __init__(self, m: int = 2048, k: int = 2048, n: int = 2048):
     keys = jax.random.split(jax.random.PRNGKey(0))
-    self._a, self._b = (jax.random.normal(k, (n, n), jnp.float32) for k in keys)
+    self._a = jax.random.normal(keys[0], (m, k), jnp.float32)
+    self._b = jax.random.normal(keys[1], (k, n), jnp.float32)
     self._fn = jax.jit(jnp.dot)
-    self.flops = 2.0 * n ** 3
+    self.flops = 2.0 * m * k * n
     self.trainable = 0
 
   def __call__(self):
@@ -268,9 +288,9 @@ def main(argv=None):
   parser.add_argument('--scale', default='small', choices=sorted(DEFAULT_CONFIGS),
                       help='Experiments of mode.<scale>.')
   parser.add_argument('--configs', default=None,
-                      help='Comma-separated {pax,jax,fwd}:Experiment (mode.<scale>.Experiment); '
-                      'Experiment[ATTR=VALUE,...] overrides class attributes, e.g. '
-                      '"pax:Backbone,pax:Backbone[SOFTMAX_CHUNK_SIZE=None]"; '
+                      help='Comma-separated {pax,jax,fwd}:Experiment (mode.<scale>.Experiment) '
+                      'or matmul:MxKxN; Experiment[ATTR=VALUE,...] overrides class attributes, '
+                      'e.g. "pax:Backbone,pax:Backbone[SOFTMAX_CHUNK_SIZE=None]"; '
                       'default: the scale\'s (DEFAULT_CONFIGS).')
   parser.add_argument('--out', default=None,
                       help="Markdown report ('' to only print); default "
@@ -290,8 +310,12 @@ def main(argv=None):
   names = split_configs(configs)
   for cfg in names:  # bad names fail here, before any compiling
     kind, _, exp_name = cfg.partition(':')
+    if kind == 'matmul':
+      matmul_shape(cfg)
+      continue
     if kind not in ('pax', 'jax', 'fwd'):
-      raise ValueError(f'--configs: {cfg!r} is not pax:, jax: or fwd:<Experiment>.')
+      raise ValueError(f'--configs: {cfg!r} is not pax:, jax: or fwd:<Experiment> or '
+                       'matmul:MxKxN.')
     experiment_class(exp_name, args.scale)
   if args.out is None:
     args.out = f'results/train_step_{args.scale}.md'
@@ -299,6 +323,12 @@ def main(argv=None):
   start = time.perf_counter()
   for cfg in names:
     kind, exp_name = cfg.split(':', 1)
+    if kind == 'matmul':
+      steppers[cfg] = Matmul(*matmul_shape(cfg))
+      t0 = time.perf_counter()
+      steppers[cfg]()
+      compile_s[cfg] = time.perf_counter() - t0
+      continue
     if exp_name not in tasks:
       task, exp = build_task(exp_name, args.scale)
       batch = synthetic_batch(exp.TRAIN_BATCH_SIZE, exp.SEQUENCE_LENGTH, exp.VOCAB_SIZE)
@@ -321,7 +351,7 @@ def main(argv=None):
 
   # The matmul peak runs in the same rounds as the steps (same load): FLOP/s ratios in one run.
   peak_name = 'matmul:2048'
-  steppers[peak_name] = MatmulPeak()
+  steppers[peak_name] = Matmul()
   steppers[peak_name]()
   names.append(peak_name)
   flops_per_token = {c: model_flops_per_token(tasks[c.split(':', 1)[1]][2]) for c in names
@@ -351,6 +381,13 @@ def main(argv=None):
       rows.append(f'| {c} (float32 [2048, 2048] x [2048, 2048]) | | {1e3 * med[c]:.1f} | '
                   f'{1e3 * min(times[c]):.0f}-{1e3 * max(times[c]):.0f} | | | '
                   f'{peak / 1e9:.1f} (the peak) |')
+      continue
+    if c.startswith('matmul:'):
+      m, k, n = matmul_shape(c)
+      rate = steppers[c].flops / med[c]
+      rows.append(f'| {c} (float32 [{m}, {k}] x [{k}, {n}]) | | {1e3 * med[c]:.2f} | '
+                  f'{1e3 * min(times[c]):.1f}-{1e3 * max(times[c]):.1f} | | | '
+                  f'{rate / 1e9:.1f} ({100 * rate / peak:.0f}%) |')
       continue
     per_token = flops_per_token.get(c)
     rate = ('' if per_token is None else
@@ -403,7 +440,7 @@ def main(argv=None):
       'step time. "first call" = compile + one step. Model FLOP/s: training FLOPs per token '
       '(6 N + 6 L T d_attn, Kaplan et al. 2020; only for steps that train every variable) x '
       'tokens / median step time, against the median float32 matmul rate measured in the same '
-      'rounds.', '',
+      'rounds; a matmul:MxKxN row: its 2 M K N FLOPs / its median time.', '',
       *rows, '', *checks, '',
       f'Whole run: {time.perf_counter() - start:.0f} s (mostly tracing and compiling).', ''])
   print('\n' + report)
