@@ -32,7 +32,7 @@ smollm2: setup
 
 # The test suite (CI runs exactly this).
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadscope tests
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
 # Table 1's parameter column at paper scale.
 params: setup

@@ -10,10 +10,7 @@ import pytest
 from mode_pax import checkpoints
 from mode_pax import evaluate
 from mode_pax import paths
-from mode_pax import pipeline
-from mode_pax.data import build as build_lib
 from tests import run_env
-from tests import test_data
 from tests import tiny_experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,13 +112,11 @@ def test_no_checkpoint_says_where_it_looked_and_how_to_train(tmp_path, monkeypat
 
 
 @pytest.fixture(scope='module')
-def backbone_run(tmp_path_factory):
-  """The fixture data and a run of the tiny Backbone trained by paxml.main (a real checkpoint)."""
-  data_dir = tmp_path_factory.mktemp('data')
-  build_lib.build(test_data._config(data_dir))  # pylint: disable=protected-access
-  runs_dir = tmp_path_factory.mktemp('runs')
+def backbone_run(tiny_table1_runs):
+  """The fixture data and a run of the tiny Backbone trained by paxml.main (a real checkpoint;
+  the one test_experiments reads: conftest trains it once)."""
+  data_dir, runs_dir = tiny_table1_runs
   with run_env.pointed_at(data_dir, runs_dir):
-    pipeline.train_stage(MODULE, 'Backbone')
     yield paths.run_dir(BACKBONE)
 
 

@@ -27,26 +27,19 @@ from mode_pax import pipeline
 from mode_pax import registry
 from mode_pax import results
 from mode_pax import trees
-from mode_pax.data import build as build_lib
 from mode_pax.data import tasks
 from mode_pax.layers import mode as mode_layers
 from tests import run_env
-from tests import test_data
 from tests import tiny_experiments
 
 MODULE = 'tests.tiny_experiments'
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-  """Builds the fixture data and trains the Table 1 stages once (4 steps each)."""
-  data_dir = tmp_path_factory.mktemp('data')
-  build_lib.build(test_data._config(data_dir))  # pylint: disable=protected-access
-  runs_dir = tmp_path_factory.mktemp('runs')
+def runs(tiny_table1_runs):
+  """The fixture data and the Table 1 stages trained once (conftest), as the runs folder."""
+  data_dir, runs_dir = tiny_table1_runs
   with run_env.pointed_at(data_dir, runs_dir):
-    # Upstream runs (Backbone, the experts) come in through the stages' BACKBONE and EXPERTS.
-    pipeline.run_stages(MODULE, ['ComposeMathCode', 'FrozenExpertsMathCode', 'LoraMathCode',
-                                 'ComposeMathCodeGatesOfExperts'], jobs=2)
     yield runs_dir
 
 
@@ -178,17 +171,6 @@ def test_lora_run_changes_only_lora_variables(runs):
   for path, value in lora_vars.items():
     if '/lora_' not in path:
       np.testing.assert_array_equal(value, backbone[path], err_msg=path)
-
-
-def test_a_rerun_reproduces_the_run_bit_for_bit(runs, tmp_path, monkeypatch):
-  """Same experiment, fresh job_log_dir: the seeded data order and init give the same weights."""
-  first = _vars('Backbone')
-  monkeypatch.setenv('MODE_PAX_RUNS', str(tmp_path))
-  pipeline.train_stage(MODULE, 'Backbone')
-  again = _vars('Backbone')
-  assert _dir('Backbone').startswith(str(tmp_path)) and again.keys() == first.keys()
-  for path, value in first.items():
-    np.testing.assert_array_equal(again[path], value, err_msg=path)
 
 
 def test_a_killed_run_resumes_to_the_same_variables_as_an_uninterrupted_one(runs, tmp_path):

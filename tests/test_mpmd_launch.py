@@ -93,18 +93,6 @@ def test_three_processes_match_one_process(tmp_path):
   assert float(loss_after) < losses[0] - 0.1, (losses, float(loss_after))
 
 
-def test_a_dead_worker_stops_the_others(tmp_path):
-  # Worker 2 (the experts' mesh) dies before its first step: workers 0 and 1 would wait for it
-  # in the first activation move forever.
-  # The supervisor's timeout would say 'timeout'; the failure itself must be what stops the run.
-  proc, seconds = _launch(tmp_path, '--data', 'synthetic', '--fail_at_step', '0', '--fail_process',
-                          '2', timeout=200)
-  assert proc.returncode == 1
-  assert 'worker 2' in proc.stderr and 'exited with code 17' in proc.stderr, proc.stderr
-  assert 'stopping the other workers' in proc.stderr and 'timeout' not in proc.stderr
-  assert seconds < 200
-
-
 def test_dry_run_maps_meshes_onto_tpu_hosts(capsys):
   assert mpmd_launch.main(['--exp', 'mode.sharding.ShardingMesh5', '--tpu', 'v5litepod-16',
                            '--tpu_name', 'tpu1', '--zone', 'z', '--dry-run']) == 0
@@ -140,10 +128,10 @@ def fixture_data(tmp_path_factory):
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(fixture_data, tmp_path,
                                                                       monkeypatch):
   """Two workers train TinyMoDEOnData on the fixture corpus (its seqio task, as paxml.main reads
-  it) and checkpoint at step 2; worker 1 dies at step 3; the relaunch resumes from step 2. The
-  final checkpoint equals that of an uninterrupted single-controller run (this process), variables
-  and optimizer state, and mode_pax.evaluate scores it (reading it as a Pax checkpoint of the
-  experiment's Pax model)."""
+  it) and checkpoint at step 2; worker 1 dies at step 3, which stops worker 0 (no hang until the
+  timeout); the relaunch resumes from step 2. The final checkpoint equals that of an
+  uninterrupted single-controller run (this process), variables and optimizer state, and
+  mode_pax.evaluate scores it (reading it as a Pax checkpoint of the experiment's Pax model)."""
   job = tmp_path / 'run'
   # The data build (run_env.pointed_at would also drop the virtual devices: this process's
   # reference run needs conftest's 8; the supervisor gives each worker its one device).
@@ -152,9 +140,15 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(fixture_da
   # The experiment's own learner (Adafactor, schedule, clipping across the two processes).
   common = ('--exp', ON_DATA, '--steps', '4', '--checkpoint_every', '2')
   run_flags = ('--job_log_dir', str(job), '--checkpoint_every', '2')
-  killed, _ = _launch(tmp_path / 'killed', *run_flags, '--fail_at_step', '3', '--fail_process',
-                      '1', exp=ON_DATA, processes=2, steps=4, optimizer=())
-  assert killed.returncode == 1 and 'exited with code 17' in killed.stderr, killed.stderr
+  # Worker 1 (the experts' mesh) dies at step 3: worker 0 would wait for it in that step's
+  # activation move forever. Its failure, not the supervisor's timeout, must stop the run.
+  killed, seconds = _launch(tmp_path / 'killed', *run_flags, '--fail_at_step', '3',
+                            '--fail_process', '1', exp=ON_DATA, processes=2, steps=4,
+                            optimizer=(), timeout=200)
+  assert killed.returncode == 1, killed.stderr
+  assert 'worker 1' in killed.stderr and 'exited with code 17' in killed.stderr, killed.stderr
+  assert 'stopping the other workers' in killed.stderr, killed.stderr
+  assert 'timeout' not in killed.stderr and seconds < 200, killed.stderr
   assert paths.latest_checkpoint_step(paths.checkpoint_dir(str(job))) == 2
   resumed, _ = _launch(tmp_path / 'resumed', *run_flags, exp=ON_DATA, processes=2, steps=4,
                        optimizer=())
