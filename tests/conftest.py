@@ -3,6 +3,9 @@ anywhere; run_env.TEST_XLA_FLAGS says why)."""
 
 import os
 
+import filelock
+import pytest
+
 from tests import run_env
 
 os.environ['XLA_FLAGS'] = ' '.join(filter(None, (
@@ -14,10 +17,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 flags.FLAGS.mark_as_parsed()
-
-import filelock  # pylint: disable=g-import-not-at-top,g-bad-import-order
-import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
-
 
 def pytest_configure(config):
   """Starts JAX's CPU backend with the 8 devices now: JAX reads XLA_FLAGS once, when the backend

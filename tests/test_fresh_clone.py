@@ -68,17 +68,17 @@ def test_a_run_in_a_fresh_clone_leaves_git_status_clean_and_reproduces_the_run(
   proc = subprocess.run([sys.executable, '-c', _RUN, str(clone)], cwd=clone, env=env,
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert (clone / 'runs' / 'tests.tiny_experiments.Backbone' / 'checkpoints').is_dir()
+  clone_run = clone / 'runs' / 'tests.tiny_experiments.Backbone'  # the default location
+  assert (clone_run / 'checkpoints').is_dir()
   assert (clone / 'data' / 'build' / 'build_info.json').is_file()
   status = _git(clone, 'status', '--porcelain', '--untracked-files=all')
   assert status == '', status
   # Same experiment, another data build and job_log_dir: the seeded data order and initialisation
   # give the same variables, bit for bit.
-  _, runs_dir = tiny_table1_runs
-  first = checkpoints.read_variables(
-      paths.checkpoint_dir(str(runs_dir / 'tests.tiny_experiments.Backbone')))
-  again = checkpoints.read_variables(
-      paths.checkpoint_dir(str(clone / 'runs' / 'tests.tiny_experiments.Backbone')))
+  with run_env.pointed_at(*tiny_table1_runs):
+    first = checkpoints.read_variables(
+        paths.checkpoint_dir(paths.run_dir('tests.tiny_experiments.Backbone')))
+  again = checkpoints.read_variables(paths.checkpoint_dir(str(clone_run)))
   assert again.keys() == first.keys() and len(first) > 10
   for path, value in first.items():
     np.testing.assert_array_equal(again[path], value, err_msg=path)
